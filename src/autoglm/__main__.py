@@ -1,0 +1,3 @@
+from autoglm.cli.main import main
+
+main()

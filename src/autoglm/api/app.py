@@ -1,0 +1,103 @@
+"""The app factory: settings in, a wired ASGI app out. No module-level state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route
+
+from autoglm.api import health, inference, models
+from autoglm.api.errors import autoglm_error_handler, http_exception_handler
+from autoglm.api.metrics import Metrics, metrics_endpoint
+from autoglm.api.middleware import GatewayMiddleware
+from autoglm.engine.base import Engine
+from autoglm.engine.catalog import resolve_model
+from autoglm.engine.llamacpp.client import LlamaCppEngine
+from autoglm.errors import AutoGLMError, ConfigError
+from autoglm.security.auth import bootstrap
+from autoglm.settings import Settings
+
+log = logging.getLogger("autoglm.app")
+
+Announce = Callable[[str, Path], None]
+
+
+def _log_announce(key: str, record: Path) -> None:
+    # Only reached when no console announcer is given (embedding the app in tests).
+    log.warning("a new admin key was generated; its hash is in %s", record)
+
+
+def build_engines(settings: Settings, run_dir: Path) -> dict[str, Engine]:
+    path, model_id = resolve_model(settings)
+    return {model_id: LlamaCppEngine(settings, path, model_id, run_dir)}
+
+
+def create_app(
+    settings: Settings,
+    *,
+    announce: Announce | None = None,
+    engines: dict[str, Engine] | None = None,
+) -> Starlette:
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    auth = bootstrap(settings, announce or _log_announce)
+    metrics = Metrics()
+    # Unix socket paths are limited to ~100 bytes: keep them short, private and per-app.
+    run_dir = Path(tempfile.mkdtemp(prefix="autoglm-"))
+    engine_map: dict[str, Engine] = (
+        engines if engines is not None else build_engines(settings, run_dir)
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            await asyncio.gather(*(e.start() for e in engine_map.values()))
+        except (AutoGLMError, RuntimeError, OSError) as exc:
+            await asyncio.gather(*(e.close() for e in engine_map.values()))
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise ConfigError(f"engine failed to start: {exc}") from exc
+        log.info("serving", extra={"models": list(engine_map), "auth": not auth.disabled})
+        try:
+            yield
+        finally:
+            await asyncio.gather(*(e.close() for e in engine_map.values()))
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    routes = [
+        Route("/v1/chat/completions", inference.chat_completions, methods=["POST"]),
+        Route("/v1/completions", inference.completions, methods=["POST"]),
+        Route("/v1/models", models.list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", models.get_model, methods=["GET"]),
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    middleware = []
+    if settings.cors_allow_origins:  # outermost, so preflights need no key
+        middleware.append(Middleware(
+            CORSMiddleware, allow_origins=settings.cors_allow_origins, allow_credentials=True,
+            allow_methods=["GET", "POST"], allow_headers=["authorization", "content-type"],
+        ))
+    middleware.append(Middleware(GatewayMiddleware, auth=auth, metrics=metrics,
+                                 max_body_bytes=settings.max_body_bytes))
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_exception_handler,
+                            AutoGLMError: autoglm_error_handler},
+    )
+    app.state.settings = settings
+    app.state.engines = engine_map
+    app.state.metrics = metrics
+    app.state.auth = auth
+    return app

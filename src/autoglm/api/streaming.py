@@ -1,0 +1,95 @@
+"""Client-disconnect awareness for long requests, and the SSE response.
+
+Waiting for a slot, generating a JSON answer, or streaming: each runs next to a watcher
+of ``http.disconnect``. When the client goes away, the work is cancelled at once, which
+closes the engine connection and frees the slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from autoglm.errors import AutoGLMError
+
+log = logging.getLogger("autoglm.api")
+T = TypeVar("T")
+
+DONE = b"data: [DONE]\n\n"
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection; nobody is left to answer."""
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def race_disconnect(receive: Receive, work: Awaitable[T]) -> T:
+    """Await ``work``; if the client disconnects first, cancel it and raise."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        watcher.cancel()
+        raise
+    if task.done():
+        watcher.cancel()
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):  # noqa: BLE001 - result is discarded
+        pass
+    raise ClientDisconnected()
+
+
+def sse(data: dict) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+class SSEResponse:
+    """Streams pre-encoded SSE frames; an error mid-stream ends it with an error event."""
+
+    def __init__(self, frames: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> None:
+        self.frames = frames
+        self.headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ] + [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        try:
+            await race_disconnect(receive, self._pump(send))
+        except ClientDisconnected:
+            log.info("client disconnected during stream; generation cancelled")
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _pump(self, send: Send) -> None:
+        try:
+            async for frame in self.frames:
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
+        except AutoGLMError as exc:
+            log.error("stream ended by error", extra={"error": exc.message, "code": exc.code})
+            await send({"type": "http.response.body", "body": sse(exc.to_dict()), "more_body": True})
+        except OSError:  # the transport is gone
+            raise
+        except Exception:
+            log.exception("stream ended by internal error")
+            err = {"error": {"message": "internal error during streaming", "type": "server_error",
+                             "param": None, "code": "internal_error"}}
+            await send({"type": "http.response.body", "body": sse(err), "more_body": True})

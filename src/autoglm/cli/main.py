@@ -1,0 +1,145 @@
+"""The ``autoglm`` command. Errors are turned into one-line messages only here."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from autoglm import __version__
+from autoglm.errors import AutoGLMError
+from autoglm.settings import Settings, load_settings
+
+app = typer.Typer(help="Open-AutoGLM: private LLM deployment platform.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+config_app = typer.Typer(help="Inspect settings.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+ConfigOpt = Annotated[
+    Optional[Path], typer.Option("--config", "-c", help="YAML settings file.", exists=False)
+]
+
+
+def _err_console() -> Console:
+    return Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    _err_console().print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _announce_key(key: str, record: Path) -> None:
+    _err_console().print(Panel.fit(
+        f"[bold]{key}[/]\n\nThis admin API key is shown once and not stored (only its hash, in "
+        f"{record}).\nKeep it in a secret store. Use it as 'Authorization: Bearer <key>'.",
+        title="admin API key", border_style="yellow",
+    ))
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[Optional[str], typer.Option(help="Bind address.")] = None,
+    port: Annotated[Optional[int], typer.Option(help="TCP port (default 8080).")] = None,
+    model_path: Annotated[Optional[Path], typer.Option(help="GGUF file to serve.")] = None,
+    model_id: Annotated[Optional[str], typer.Option(help="Model id clients use.")] = None,
+    slots: Annotated[Optional[int], typer.Option(help="Sequences decoded together.")] = None,
+    ctx_per_slot: Annotated[Optional[int], typer.Option(help="Context tokens per slot.")] = None,
+    n_threads: Annotated[Optional[int], typer.Option(help="llama.cpp threads (0: all).")] = None,
+    max_queue: Annotated[Optional[int], typer.Option(help="Requests allowed to wait.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Data directory.")] = None,
+    ssl_certfile: Annotated[Optional[Path], typer.Option(help="TLS certificate (PEM).")] = None,
+    ssl_keyfile: Annotated[Optional[Path], typer.Option(help="TLS private key (PEM).")] = None,
+    log_level: Annotated[Optional[str], typer.Option(help="debug|info|warning|error")] = None,
+    dangerously_disable_auth: Annotated[Optional[bool], typer.Option(
+        "--dangerously-disable-auth", help="Serve WITHOUT API keys. Sandbox use only."
+    )] = None,
+) -> None:
+    """Serve the OpenAI-compatible API (embedded llama.cpp engine by default)."""
+    try:
+        settings = load_settings(
+            config, host=host, port=port, model_path=model_path, model_id=model_id, slots=slots,
+            ctx_per_slot=ctx_per_slot, n_threads=n_threads, max_queue=max_queue,
+            data_dir=data_dir, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+            log_level=log_level, dangerously_disable_auth=dangerously_disable_auth,
+        )
+        run_server(settings)
+    except AutoGLMError as exc:
+        raise _fail(exc.message) from None
+
+
+def run_server(settings: Settings) -> None:
+    import uvicorn
+
+    from autoglm.api.app import create_app
+    from autoglm.logs import setup_logging
+
+    setup_logging(settings.log_level)
+    app = create_app(settings, announce=_announce_key)
+    kwargs: dict = {}
+    if settings.tls_enabled:
+        kwargs = {"ssl_certfile": str(settings.ssl_certfile),
+                  "ssl_keyfile": str(settings.ssl_keyfile)}
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+        server_header=False, timeout_graceful_shutdown=10, **kwargs,
+    )
+    config.load()
+    if config.ssl is not None:
+        config.ssl.minimum_version = (
+            ssl.TLSVersion.TLSv1_2 if settings.tls_allow_1_2 else ssl.TLSVersion.TLSv1_3
+        )
+    scheme = "https" if settings.tls_enabled else "http"
+    _err_console().print(
+        f"Open-AutoGLM {__version__} listening on {scheme}://{settings.host}:{settings.port}/v1",
+        highlight=False,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        raise typer.Exit(1)
+
+
+@config_app.command("show")
+def config_show(
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the effective settings (secrets masked)."""
+    try:
+        settings = load_settings(config)
+    except AutoGLMError as exc:
+        raise _fail(exc.message) from None
+    values = settings.masked()
+    if as_json:
+        print(json.dumps(values, indent=2, default=str))
+        return
+    table = Table("setting", "value", "description", title="effective settings")
+    for name, field in Settings.model_fields.items():
+        if field.exclude:
+            continue
+        table.add_row(name, repr(values[name]) if values[name] is not None else "-",
+                      field.description or "")
+    Console().print(table)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(__version__)
+
+
+def main() -> None:
+    try:
+        app()
+    except AutoGLMError as exc:
+        _err_console().print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        sys.exit(1)

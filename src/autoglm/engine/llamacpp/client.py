@@ -1,0 +1,159 @@
+"""The gateway's handle on an embedded llama.cpp engine process.
+
+It starts the worker through a ``ProcessSupervisor``, admits requests through the fair
+``AdmissionQueue`` (never more than the engine's slots at once), and opens one Unix
+socket connection per request. Closing that connection (client gone, error) cancels
+the generation in the engine and frees the slot before its next decode step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from autoglm.engine import errors_from_wire, ipc
+from autoglm.engine.admission import AdmissionQueue
+from autoglm.engine.base import (
+    Delta,
+    EngineHealth,
+    Event,
+    Finished,
+    GenerationRequest,
+    ModelCard,
+    Started,
+)
+from autoglm.engine.supervisor import ProcessSupervisor, python_argv
+from autoglm.errors import EngineError, EngineUnavailableError
+from autoglm.settings import Settings
+
+
+class LlamaCppEngine:
+    def __init__(self, settings: Settings, model_path: Path, model_id: str, run_dir: Path) -> None:
+        self.settings = settings
+        self.model_path = model_path
+        self.socket_path = run_dir / f"engine-{model_id}.sock"
+        self.model = ModelCard(
+            id=model_id, owned_by="autoglm", created=int(time.time()),
+            context_length=settings.ctx_per_slot,
+        )
+        self.queue = AdmissionQueue(settings.slots, settings.max_queue, settings.queue_timeout_s)
+        argv = python_argv(
+            "autoglm.engine.llamacpp.worker",
+            "--socket", str(self.socket_path),
+            "--model-path", str(model_path),
+            "--model-id", model_id,
+            "--slots", str(settings.slots),
+            "--ctx-per-slot", str(settings.ctx_per_slot),
+            "--n-batch", str(settings.n_batch),
+            "--n-threads", str(settings.n_threads),
+            "--default-max-tokens", str(settings.default_max_tokens),
+            "--log-level", settings.log_level,
+        )
+        self.supervisor = ProcessSupervisor(
+            f"llamacpp:{model_id}", argv, self._probe,
+            start_timeout_s=settings.engine_start_timeout_s,
+            backoff_min_s=settings.engine_restart_backoff_min_s,
+            backoff_max_s=settings.engine_restart_backoff_max_s,
+        )
+        self.last_hello: dict | None = None
+
+    async def start(self) -> None:
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        await self.supervisor.start()
+
+    async def close(self) -> None:
+        await self.supervisor.close()
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "up": int(self.supervisor.state == "ready"),
+            "slots": self.queue.slots,
+            "busy": self.queue.busy,
+            "queued": self.queue.depth,
+            "restarts": self.supervisor.restarts,
+        }
+
+    async def _hello(self, timeout: float) -> dict:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_unix_connection(str(self.socket_path), limit=ipc.LIMIT), timeout
+        )
+        try:
+            await ipc.write_messages(writer, [{"op": "hello"}])
+            msg = await asyncio.wait_for(ipc.read_message(reader), timeout)
+        finally:
+            writer.close()
+        if not msg or msg.get("ev") != "hello":
+            raise ConnectionError("engine did not answer hello")
+        return msg
+
+    async def _probe(self) -> bool:
+        try:
+            self.last_hello = await self._hello(2.0)
+            return True
+        except (OSError, ConnectionError, asyncio.TimeoutError, ValueError):
+            return False
+
+    async def health(self) -> EngineHealth:
+        sup = self.supervisor
+        detail = {
+            "pid": sup.pid, "restarts": sup.restarts, "slots": self.settings.slots,
+            "busy": self.queue.busy, "queued": self.queue.depth, "last_exit": sup.last_exit,
+        }
+        if sup.state != "ready":
+            status = "starting" if sup.state == "starting" else "down"
+            return EngineHealth(self.supervisor.name, status, None, detail)
+        t0 = time.perf_counter()
+        try:
+            await self._hello(2.0)
+        except (OSError, ConnectionError, asyncio.TimeoutError, ValueError):
+            return EngineHealth(self.supervisor.name, "down", None, detail)
+        return EngineHealth(self.supervisor.name, "ready", (time.perf_counter() - t0) * 1e3, detail)
+
+    def _unavailable(self) -> EngineUnavailableError:
+        return EngineUnavailableError(
+            f"model '{self.model.id}' is restarting; retry shortly",
+            retry_after=self.supervisor.retry_after(),
+        )
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        if self.supervisor.state != "ready":
+            raise self._unavailable()
+        permit = await self.queue.acquire(request.owner)
+        writer: asyncio.StreamWriter | None = None
+        try:
+            try:
+                reader, writer = await asyncio.open_unix_connection(
+                    str(self.socket_path), limit=ipc.LIMIT
+                )
+                await ipc.write_messages(writer, [request.to_wire()])
+            except OSError:
+                raise self._unavailable() from None
+            while True:
+                try:
+                    msg = await ipc.read_message(reader)
+                except (OSError, ValueError):
+                    msg = None
+                if msg is None:  # engine died mid-request
+                    raise EngineError(
+                        f"the engine for model '{self.model.id}' stopped during generation; "
+                        "retry the request",
+                        code="engine_crashed",
+                        retry_after=self.supervisor.retry_after(),
+                    )
+                ev = msg.get("ev")
+                if ev == "delta":
+                    yield Delta(msg["text"])
+                elif ev == "start":
+                    yield Started(msg["prompt_tokens"])
+                elif ev == "done":
+                    yield Finished(msg["finish_reason"], msg["prompt_tokens"],
+                                   msg["completion_tokens"])
+                    return
+                elif ev == "error":
+                    raise errors_from_wire(msg)
+        finally:
+            if writer is not None:
+                writer.close()
+            permit.release()

@@ -1,0 +1,193 @@
+"""Continuous batching: every active slot advances in the same ``llama_decode``.
+
+The loop runs on its own thread inside the engine process (ctypes releases the GIL
+during ``llama_decode``). Each step puts one token per generating slot into the batch
+and fills the remaining room with prompt tokens of newly admitted slots (chunked
+prefill), decodes once, then samples each slot from its own logits row.
+
+Events leave through ``emit(sink, event)``; the owner of ``emit`` moves them to the
+event loop. Cancelling a slot frees it before the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from autoglm.engine.llamacpp.model import Batch, LlamaModel
+from autoglm.engine.llamacpp.sampling import Sampler
+from autoglm.engine.llamacpp.text import TextStream
+
+log = logging.getLogger("autoglm.engine")
+
+Emit = Callable[[Any, list[dict]], None]
+
+
+@dataclass(eq=False)
+class Job:
+    """One admitted generation: prompt tokens in, text events out to ``sink``."""
+
+    prompt: list[int]
+    max_tokens: int
+    sampler: Sampler
+    text: TextStream
+    sink: Any
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(eq=False)
+class _Slot:
+    seq_id: int
+    job: Job | None = None
+    fed: int = 0  # prompt tokens already decoded
+    pos: int = 0
+    generated: int = 0
+    last_token: int = -1
+    logits_index: int = -1
+
+    @property
+    def prefilling(self) -> bool:
+        return self.job is not None and self.fed < len(self.job.prompt)
+
+
+class Scheduler:
+    def __init__(self, model: LlamaModel, emit: Emit) -> None:
+        self.model = model
+        self.emit = emit
+        cfg = model.config
+        self.ctx_per_slot = cfg.ctx_per_slot
+        self.n_batch = cfg.n_batch
+        self.slots = [_Slot(seq_id=i) for i in range(cfg.slots)]
+        self.batch = Batch(max(cfg.n_batch, cfg.slots))
+        self.inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="decode-loop", daemon=True)
+        self._stopping = False
+
+    # --- called from other threads -----------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        self.inbox.put(job)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.inbox.put(None)
+        self._thread.join(timeout=10)
+
+    def busy(self) -> int:
+        return sum(1 for s in self.slots if s.job is not None)
+
+    # --- the loop ------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                self._admit(block=not any(s.job for s in self.slots))
+                self._drop_cancelled()
+                if any(s.job for s in self.slots):
+                    self._step()
+        except Exception:  # a bug here must end the process loudly, not hang requests
+            log.exception("decode loop failed; engine exits")
+            os._exit(70)
+
+    def _admit(self, block: bool) -> None:
+        while True:
+            try:
+                job = self.inbox.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            if job is None:
+                return
+            slot = next((s for s in self.slots if s.job is None), None)
+            if slot is None:  # the gateway admits at most `slots` jobs; refuse loudly
+                self.emit(job.sink, [_error("no free slot in the engine", 503)])
+                job.sampler.free()
+                continue
+            slot.job, slot.fed, slot.pos, slot.generated = job, 0, 0, 0
+
+    def _drop_cancelled(self) -> None:
+        for slot in self.slots:
+            if slot.job is not None and slot.job.cancelled.is_set():
+                self._release(slot)
+
+    def _release(self, slot: _Slot) -> None:
+        if slot.job is not None:
+            slot.job.sampler.free()
+        slot.job = None
+        self.model.clear_sequence(slot.seq_id)
+
+    def _step(self) -> None:
+        batch = self.batch
+        batch.clear()
+        for slot in self.slots:  # one token for every slot that is generating
+            slot.logits_index = -1
+            if slot.job is not None and not slot.prefilling:
+                slot.logits_index = batch.add(slot.last_token, slot.pos, slot.seq_id, True)
+                slot.pos += 1
+        for slot in self.slots:  # then prompt chunks, as room allows
+            if not slot.prefilling or batch.n >= batch.capacity:
+                continue
+            prompt = slot.job.prompt  # type: ignore[union-attr]
+            take = min(len(prompt) - slot.fed, batch.capacity - batch.n)
+            for k in range(take):
+                last = slot.fed + k == len(prompt) - 1
+                idx = batch.add(prompt[slot.fed + k], slot.pos, slot.seq_id, last)
+                slot.pos += 1
+                if last:
+                    slot.logits_index = idx
+            slot.fed += take
+        rc = batch.decode(self.model)
+        if rc != 0:
+            for slot in self.slots:
+                if slot.job is not None:
+                    self.emit(slot.job.sink, [_error(f"llama_decode failed ({rc})", 500)])
+                    self._release(slot)
+            return
+        for slot in self.slots:
+            if slot.job is not None and slot.logits_index >= 0:
+                self._sample(slot)
+
+    def _sample(self, slot: _Slot) -> None:
+        job = slot.job
+        if job is None:
+            return
+        token = job.sampler.sample(self.model, slot.logits_index)
+        events: list[dict] = []
+        finish: str | None = None
+        if self.model.is_eog(token):
+            finish = "stop"
+        else:
+            slot.generated += 1
+            slot.last_token = token
+            text = job.text.push(self.model.piece(token))
+            if text:
+                events.append({"ev": "delta", "text": text})
+            if job.text.stopped:
+                finish = "stop"
+            elif slot.generated >= job.max_tokens or slot.pos >= self.ctx_per_slot:
+                finish = "length"
+        if finish is not None:
+            tail = job.text.flush()
+            if tail:
+                events.append({"ev": "delta", "text": tail})
+            events.append(
+                {
+                    "ev": "done",
+                    "finish_reason": finish,
+                    "prompt_tokens": len(job.prompt),
+                    "completion_tokens": slot.generated,
+                }
+            )
+            self._release(slot)
+        if events:
+            self.emit(job.sink, events)
+
+
+def _error(message: str, status: int) -> dict:
+    return {"ev": "error", "status": status, "code": "engine_error", "message": message}

@@ -1,0 +1,175 @@
+"""The engine process: ``python -m autoglm.engine.llamacpp.worker --socket PATH ...``.
+
+It loads the model, runs the decode loop on a thread, and serves the gateway over a
+Unix socket with newline-delimited JSON (see ``engine/ipc.py``). One connection carries
+one request: the gateway closes it to cancel, and the slot is freed before the next
+decode step. A ``hello`` request answers with the engine's facts.
+
+The process exits by itself when its parent (the gateway) goes away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from autoglm.engine import ipc
+from autoglm.engine.llamacpp.model import ContextConfig, LlamaModel
+from autoglm.engine.llamacpp.prompt import PromptBuilder, check_length
+from autoglm.engine.llamacpp.sampling import Sampler, SamplingParams
+from autoglm.engine.llamacpp.scheduler import Job, Scheduler
+from autoglm.engine.llamacpp.text import TextStream
+from autoglm.errors import AutoGLMError, InvalidRequestError
+from autoglm.logs import setup_logging
+
+log = logging.getLogger("autoglm.engine")
+
+
+class EngineServer:
+    def __init__(self, model: LlamaModel, model_id: str, default_max_tokens: int) -> None:
+        self.model = model
+        self.model_id = model_id
+        self.default_max_tokens = default_max_tokens
+        self.prompts = PromptBuilder(model)
+        self.loop = asyncio.get_running_loop()
+        self.scheduler = Scheduler(model, self._emit)
+
+    def _emit(self, sink: asyncio.Queue, events: list[dict]) -> None:
+        self.loop.call_soon_threadsafe(sink.put_nowait, events)
+
+    def hello(self) -> dict[str, Any]:
+        cfg = self.model.config
+        return {
+            "ev": "hello",
+            "model_id": self.model_id,
+            "pid": os.getpid(),
+            "slots": cfg.slots,
+            "busy": self.scheduler.busy(),
+            "ctx_per_slot": cfg.ctx_per_slot,
+            "n_ctx_train": self.model.n_ctx_train,
+            "path": str(self.model.path),
+        }
+
+    def prepare(self, req: dict[str, Any], sink: asyncio.Queue) -> Job:
+        if req.get("kind") == "chat":
+            messages = req.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise InvalidRequestError("messages must be a non-empty list", param="messages")
+            prompt = self.prompts.chat(messages)
+        else:
+            prompt_text = req.get("prompt")
+            if not isinstance(prompt_text, str):
+                raise InvalidRequestError("prompt must be a string", param="prompt")
+            prompt = self.prompts.completion(prompt_text)
+        if not prompt:
+            raise InvalidRequestError("the prompt is empty after tokenization", param="prompt")
+        max_tokens = check_length(
+            len(prompt), req.get("max_tokens"), self.model.config.ctx_per_slot,
+            self.default_max_tokens,
+        )
+        params = SamplingParams.from_dict(req.get("sampling") or {})
+        stop = [s for s in (req.get("stop") or []) if isinstance(s, str)]
+        return Job(prompt, max_tokens, Sampler(self.model, params), TextStream(stop), sink)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            req = await ipc.read_message(reader)
+            if req is None:
+                return
+            if req.get("op") == "hello":
+                await ipc.write_messages(writer, [self.hello()])
+                return
+            await self._generate(req, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _generate(
+        self, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        sink: asyncio.Queue[list[dict]] = asyncio.Queue()
+        try:
+            job = self.prepare(req, sink)
+        except AutoGLMError as exc:
+            await ipc.write_messages(writer, [ipc.error_event(exc)])
+            return
+        self.scheduler.submit(job)
+        await ipc.write_messages(writer, [{"ev": "start", "prompt_tokens": len(job.prompt)}])
+        hangup = asyncio.ensure_future(reader.read())  # EOF: the gateway cancelled
+        try:
+            while True:
+                getter = asyncio.ensure_future(sink.get())
+                done, _ = await asyncio.wait({getter, hangup}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    job.cancelled.set()
+                    return
+                events = getter.result()
+                await ipc.write_messages(writer, events)
+                if events[-1]["ev"] in ("done", "error"):
+                    return
+        except (ConnectionError, asyncio.CancelledError):
+            job.cancelled.set()
+            raise
+        finally:
+            hangup.cancel()
+
+
+async def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    log.warning("gateway process is gone; engine exits")
+    os._exit(0)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    config = ContextConfig(args.slots, args.ctx_per_slot, args.n_batch, args.n_threads)
+    model = LlamaModel(Path(args.model_path), config)
+    server = EngineServer(model, args.model_id, args.default_max_tokens)
+    server.scheduler.start()
+    sock = Path(args.socket)
+    sock.unlink(missing_ok=True)
+    srv = await asyncio.start_unix_server(server.handle, path=str(sock), limit=ipc.LIMIT)
+    os.chmod(sock, 0o600)
+    log.info("engine ready", extra={"model_id": args.model_id, "pid": os.getpid()})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(_watch_parent(args.parent_pid))
+    await stop.wait()
+    watcher.cancel()
+    srv.close()
+    server.scheduler.stop()
+    sock.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="autoglm-engine-llamacpp")
+    p.add_argument("--socket", required=True)
+    p.add_argument("--model-path", required=True)
+    p.add_argument("--model-id", required=True)
+    p.add_argument("--slots", type=int, required=True)
+    p.add_argument("--ctx-per-slot", type=int, required=True)
+    p.add_argument("--n-batch", type=int, required=True)
+    p.add_argument("--n-threads", type=int, default=0)
+    p.add_argument("--default-max-tokens", type=int, required=True)
+    p.add_argument("--parent-pid", type=int, default=os.getppid())
+    p.add_argument("--log-level", default="info")
+    args = p.parse_args(argv)
+    setup_logging(args.log_level, component="engine")
+    try:
+        asyncio.run(serve(args))
+    except AutoGLMError as exc:
+        log.error("engine failed to start: %s", exc.message)
+        raise SystemExit(78) from None
+
+
+if __name__ == "__main__":
+    main()

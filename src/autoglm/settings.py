@@ -1,0 +1,203 @@
+"""The one settings object.
+
+Precedence, highest first: command-line flags (passed as init kwargs), ``AUTOGLM_*``
+environment variables, the YAML file given with ``--config`` (or ``AUTOGLM_CONFIG``),
+then the defaults below. Every field carries its documentation in ``description``;
+``autoglm config show`` prints the effective values with secrets masked.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from autoglm.errors import ConfigError
+
+EMBEDDED_MODEL_ID = "smollm2-135m-instruct"
+
+
+def default_data_dir() -> Path:
+    """Per-user default: $XDG_DATA_HOME/autoglm, else ~/.local/share/autoglm."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "autoglm"
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads the optional YAML settings file; unknown keys are an error, not a silent typo."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = {}
+        if path is None:
+            return
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"settings file not found: {path}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"settings file {path} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            return
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"settings file {path} must hold a mapping at the top level")
+        unknown = sorted(set(loaded) - set(settings_cls.model_fields))
+        if unknown:
+            raise ConfigError(f"settings file {path}: unknown setting(s) {', '.join(unknown)}")
+        self._data = loaded
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class Settings(BaseSettings):
+    """Effective configuration of one Open-AutoGLM server."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AUTOGLM_", extra="forbid", validate_default=True, protected_namespaces=()
+    )
+
+    # --- where things live -------------------------------------------------------------
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Directory holding everything the platform writes (keys, state, models).",
+    )
+
+    # --- HTTP ----------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port of the HTTP server.")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest accepted request body in bytes; more is a 413."
+    )
+    ssl_certfile: Path | None = Field(None, description="PEM certificate; enables TLS with the key.")
+    ssl_keyfile: Path | None = Field(None, description="PEM private key for --ssl-certfile.")
+    tls_allow_1_2: bool = Field(
+        False, description="Accept TLS 1.2 clients. Off: TLS 1.3 is the minimum."
+    )
+    cors_allow_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed by CORS (exact matches; '*' is refused). Empty: no CORS.",
+    )
+
+    # --- authentication ------------------------------------------------------------------
+    admin_key: SecretStr | None = Field(
+        None,
+        description="Admin API key for automation. Unset: one is generated at first start, "
+        "printed once, and only its hash is kept.",
+    )
+    dangerously_disable_auth: bool = Field(
+        False, description="Serve without any API key check. Never use outside a sandbox."
+    )
+
+    # --- model and engine ------------------------------------------------------------------
+    model_path: Path | None = Field(
+        None, description="GGUF file to serve. Unset: the bundled SmolLM2-135M-Instruct Q4_1."
+    )
+    model_id: str | None = Field(
+        None, description="Model id clients use. Unset: derived from the model file name."
+    )
+    slots: int = Field(4, ge=1, le=64, description="Sequences the engine decodes together.")
+    ctx_per_slot: int = Field(
+        2048, ge=64, description="Context length (prompt + answer tokens) of each slot."
+    )
+    n_threads: int = Field(
+        0, ge=0, description="CPU threads for llama.cpp decode; 0 means one per core."
+    )
+    n_batch: int = Field(512, ge=32, description="Most tokens fed to llama.cpp in one decode.")
+    max_queue: int = Field(
+        64, ge=0, description="Requests allowed to wait for a slot; beyond it, 503."
+    )
+    queue_timeout_s: float = Field(
+        60.0, gt=0, description="Longest wait for a free slot before a 503."
+    )
+    default_max_tokens: int = Field(
+        512, ge=1, description="Answer length when the request gives no max_tokens."
+    )
+    engine_start_timeout_s: float = Field(
+        120.0, gt=0, description="Longest wait for an engine process to load its model."
+    )
+    engine_restart_backoff_min_s: float = Field(
+        0.5, gt=0, description="First delay before restarting a crashed engine."
+    )
+    engine_restart_backoff_max_s: float = Field(
+        30.0, gt=0, description="Largest delay between engine restarts (doubles each crash)."
+    )
+
+    # --- logs ------------------------------------------------------------------------------
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Least severe log level written."
+    )
+    log_prompts: bool = Field(
+        False, description="Log prompt and answer text. Off by default: they may hold PII."
+    )
+
+    # --- where the settings came from (not itself a setting) -----------------------------
+    config_file: Path | None = Field(
+        None, description="YAML file these settings were read from, if any.", exclude=True
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        init_kwargs = getattr(init_settings, "init_kwargs", {})
+        path = init_kwargs.get("config_file") or os.environ.get("AUTOGLM_CONFIG")
+        yaml_source = _YamlSource(settings_cls, Path(path) if path else None)
+        return (init_settings, env_settings, yaml_source)
+
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _no_wildcard_origin(cls, value: list[str]) -> list[str]:
+        if "*" in value:
+            raise ValueError("'*' is not allowed: list the origins that may call the API")
+        return value
+
+    @model_validator(mode="after")
+    def _check_tls_pair(self) -> Settings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile must be given together")
+        if self.engine_restart_backoff_max_s < self.engine_restart_backoff_min_s:
+            raise ValueError("engine_restart_backoff_max_s is below engine_restart_backoff_min_s")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.ssl_certfile is not None
+
+    def masked(self) -> dict[str, Any]:
+        """Effective settings as plain data, every secret replaced by a mask."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                out[name] = "********"
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        return out
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from flags (``overrides``, None values dropped), env and YAML."""
+    kwargs = {k: v for k, v in overrides.items() if v is not None}
+    if config_file is not None:
+        kwargs["config_file"] = config_file
+    try:
+        return Settings(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        raise ConfigError(f"invalid settings: {exc}") from exc

@@ -32,7 +32,7 @@ def _err_console() -> Console:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    _err_console().print(f"[bold red]error:[/] {message}", highlight=False)
+    _err_console().print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -141,5 +141,5 @@ def main() -> None:
     try:
         app()
     except AutoGLMError as exc:
-        _err_console().print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        _err_console().print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -64,7 +64,7 @@ class LlamaModel:
         self.ctx = ctx
         self.memory = llama_cpp.llama_get_memory(ctx)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
-        self.n_ctx_train = llama_cpp.llama_n_ctx_train(model)
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(model)
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
 

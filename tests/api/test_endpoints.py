@@ -1,0 +1,182 @@
+"""API behaviour of the OpenAI-compatible endpoints, health, metrics and logs (in-process)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from autoglm.logs import JsonFormatter
+from tests.conftest import MODEL, AppClient, make_settings, start_app
+
+pytestmark = pytest.mark.model
+
+
+def sse_events(text: str) -> list:
+    out = []
+    for block in text.split("\n\n"):
+        if not block.strip():
+            continue
+        assert block.startswith("data: "), block
+        payload = block[len("data: "):]
+        out.append(payload if payload == "[DONE]" else json.loads(payload))
+    return out
+
+
+async def test_models_list_and_get(api: AppClient) -> None:
+    body = (await api.get("/v1/models")).json()
+    assert body["object"] == "list"
+    assert [m["id"] for m in body["data"]] == [MODEL]
+    card = (await api.get(f"/v1/models/{MODEL}")).json()
+    assert card["id"] == MODEL and card["object"] == "model" and card["owned_by"]
+
+
+async def test_chat_json_shape_and_usage(api: AppClient) -> None:
+    resp = await api.post("/v1/chat/completions", {
+        "model": MODEL, "messages": [{"role": "user", "content": "Name a colour."}],
+        "max_completion_tokens": 8, "temperature": 0,
+    })
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant" and choice["message"]["content"]
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = body["usage"]
+    assert usage["prompt_tokens"] > 5 and 1 <= usage["completion_tokens"] <= 8
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+async def test_max_tokens_limits_answer_with_length(api: AppClient) -> None:
+    resp = await api.post("/v1/completions", {
+        "model": MODEL, "prompt": "Once upon a time", "max_tokens": 5, "temperature": 0})
+    body = resp.json()
+    assert body["object"] == "text_completion"
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 5
+
+
+async def test_chat_stream_frames_and_usage(api: AppClient) -> None:
+    resp = await api.post("/v1/chat/completions", {
+        "model": MODEL, "messages": [{"role": "user", "content": "Count to five."}],
+        "max_tokens": 12, "temperature": 0, "stream": True,
+        "stream_options": {"include_usage": True},
+    })
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(resp.text)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    usage_chunk = chunks[-1]
+    assert usage_chunk["choices"] == []
+    finish = chunks[-2]["choices"][0]
+    assert finish["finish_reason"] in ("stop", "length") and finish["delta"] == {}
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-2])
+    assert usage_chunk["usage"]["completion_tokens"] >= 1
+    # same answer as the non-streamed call at temperature 0
+    whole = await api.post("/v1/chat/completions", {
+        "model": MODEL, "messages": [{"role": "user", "content": "Count to five."}],
+        "max_tokens": 12, "temperature": 0})
+    assert whole.json()["choices"][0]["message"]["content"] == text
+
+
+async def test_stream_without_include_usage_has_no_usage_chunk(api: AppClient) -> None:
+    resp = await api.post("/v1/completions", {
+        "model": MODEL, "prompt": "Hello", "max_tokens": 3, "stream": True})
+    events = sse_events(resp.text)
+    assert events[-1] == "[DONE]"
+    assert all("usage" not in e for e in events[:-1])
+    assert events[-2]["choices"][0]["finish_reason"] == "length"
+
+
+async def test_error_before_stream_start_is_a_plain_http_error(api: AppClient) -> None:
+    resp = await api.post("/v1/chat/completions", {
+        "model": MODEL, "messages": [{"role": "user", "content": "x"}],
+        "max_tokens": 9000, "stream": True})
+    assert resp.status_code == 400
+    assert resp.json()["error"]["code"] == "context_length_exceeded"
+
+
+async def test_readyz_reports_engine(api: AppClient) -> None:
+    resp = await api.http.get("/readyz")
+    body = resp.json()
+    assert body["status"] == "ready"
+    check = body["checks"][MODEL]
+    assert check["status"] == "ready" and check["pid"] > 0
+    assert check["latency_ms"] is not None and check["latency_ms"] >= 0
+    assert check["slots"] == 2
+
+
+async def test_metrics_count_requests_and_tokens(api: AppClient) -> None:
+    await api.post("/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 3})
+    await api.post("/v1/completions", {"model": "nope", "prompt": "Hi"})
+    text = (await api.http.get("/metrics")).text
+    assert ('autoglm_requests_total{model="smollm2-135m-instruct",route="/v1/completions",'
+            'status="200"}') in text
+    assert 'route="/v1/completions",status="404"' in text
+    for name in ("autoglm_request_duration_seconds_bucket", "autoglm_time_to_first_token_seconds",
+                 "autoglm_prompt_tokens_total", "autoglm_completion_tokens_total",
+                 "autoglm_queue_depth", "autoglm_busy_slots", "autoglm_engine_up"):
+        assert name in text, name
+    assert f'autoglm_engine_up{{model="{MODEL}"}} 1.0' in text
+
+
+async def test_logs_are_json_with_request_id_and_no_prompt_text(api: AppClient) -> None:
+    lines: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(JsonFormatter("gateway").format(record))
+
+    handler = Capture()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    secret = "MY-PATIENT-NAME-IS-ZHANG-SAN"
+    try:
+        resp = await api.post("/v1/chat/completions", {
+            "model": MODEL, "messages": [{"role": "user", "content": secret}], "max_tokens": 4},
+            headers={"X-Request-ID": "trace-42"})
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    assert resp.status_code == 200
+    answer = resp.json()["choices"][0]["message"]["content"]
+    records = [json.loads(line) for line in lines]
+    access = [r for r in records if r["msg"] == "request"]
+    assert access and access[-1]["request_id"] == "trace-42" and access[-1]["status"] == 200
+    blob = "\n".join(lines)
+    assert secret not in blob
+    assert answer.strip() == "" or answer not in blob
+
+
+async def test_queue_full_is_503_with_retry_after(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "d", slots=1, max_queue=0)
+    async for client in start_app(settings):
+        long = asyncio.create_task(client.post("/v1/completions", {
+            "model": MODEL, "prompt": "Write a long story.", "max_tokens": 200}))
+        for _ in range(200):  # wait until the only slot is taken
+            if client.app.state.engines[MODEL].stats()["busy"] == 1:
+                break
+            await asyncio.sleep(0.01)
+        resp = await client.post("/v1/completions", {"model": MODEL, "prompt": "Hi"})
+        assert resp.status_code == 503
+        assert int(resp.headers["retry-after"]) >= 1
+        assert resp.json()["error"]["code"] == "server_overloaded"
+        assert (await long).status_code == 200
+
+
+async def test_waiting_request_is_served_when_slot_frees(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "d", slots=1, max_queue=4)
+    async for client in start_app(settings):
+        reqs = [client.post("/v1/completions", {"model": MODEL, "prompt": f"Story {i}",
+                                                 "max_tokens": 8}) for i in range(3)]
+        results = await asyncio.gather(*reqs)
+        assert [r.status_code for r in results] == [200, 200, 200]

@@ -180,3 +180,41 @@ async def test_waiting_request_is_served_when_slot_frees(tmp_path: Path) -> None
                                                  "max_tokens": 8}) for i in range(3)]
         results = await asyncio.gather(*reqs)
         assert [r.status_code for r in results] == [200, 200, 200]
+
+
+async def test_engine_crash_mid_stream_ends_stream_with_error_event(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    settings = make_settings(tmp_path / "d", slots=1, engine_restart_backoff_min_s=0.2)
+    async for client in start_app(settings):
+        engine = client.app.state.engines[MODEL]
+        pid = engine.supervisor.pid
+
+        async def kill_when_generating() -> None:
+            for _ in range(500):
+                if engine.stats()["busy"]:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+            os.kill(pid, signal.SIGKILL)
+
+        killer = asyncio.create_task(kill_when_generating())
+        resp = await client.post("/v1/completions", {
+            "model": MODEL, "prompt": "1, 2, 3, 4, 5,", "max_tokens": 400, "temperature": 0,
+            "stream": True})
+        await killer
+        assert resp.status_code == 200  # the stream had started
+        events = sse_events(resp.text)
+        assert "[DONE]" not in events
+        err = events[-1]["error"]
+        assert err["code"] == "engine_crashed" and "smollm2" in err["message"]
+        # and the engine comes back by itself
+        for _ in range(300):
+            if engine.supervisor.state == "ready" and engine.supervisor.pid not in (None, pid):
+                break
+            await asyncio.sleep(0.1)
+        assert engine.supervisor.restarts == 1 and engine.supervisor.pid != pid
+        ok = await client.post("/v1/completions", {"model": MODEL, "prompt": "Hi",
+                                                   "max_tokens": 2})
+        assert ok.status_code == 200

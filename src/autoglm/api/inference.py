@@ -166,10 +166,15 @@ def _owner(request: Request) -> str:
     return principal.id if principal is not None else "anonymous"
 
 
-def _call(request: Request, kind: str, model: str, include_usage: bool, t0: float) -> _Call:
-    prefix = "chatcmpl" if kind == "chat" else "cmpl"
-    return _Call(kind, f"{prefix}-{uuid.uuid4().hex}", model, int(time.time()), include_usage,
-                 t0, request.app.state.metrics)
+async def _serve(request: Request, engine: Engine, gen: GenerationRequest,
+                 req: ChatCompletionRequest | CompletionRequest, t0: float) -> Response:
+    if request.app.state.settings.log_prompts:
+        log.info("prompt", extra={"messages": gen.messages, "prompt": gen.prompt})
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    prefix = "chatcmpl" if gen.kind == "chat" else "cmpl"
+    call = _Call(gen.kind, f"{prefix}-{uuid.uuid4().hex}", req.model, int(time.time()),
+                 include_usage, t0, request.app.state.metrics)
+    return await _run(request, call, engine, gen, req.stream)
 
 
 async def chat_completions(request: Request) -> Response:
@@ -181,11 +186,7 @@ async def chat_completions(request: Request) -> Response:
         kind="chat", messages=req.wire_messages(), max_tokens=req.effective_max_tokens(),
         sampling=req.sampling(req.json_object), stop=req.stop_list(), owner=_owner(request),
     )
-    if request.app.state.settings.log_prompts:
-        log.info("chat prompt", extra={"messages": gen.messages})
-    include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    call = _call(request, "chat", req.model, include_usage, t0)
-    return await _run(request, call, engine, gen, req.stream)
+    return await _serve(request, engine, gen, req, t0)
 
 
 async def completions(request: Request) -> Response:
@@ -197,8 +198,4 @@ async def completions(request: Request) -> Response:
         kind="completion", prompt=req.prompt_text(), max_tokens=req.max_tokens,
         sampling=req.sampling(False), stop=req.stop_list(), owner=_owner(request),
     )
-    if request.app.state.settings.log_prompts:
-        log.info("completion prompt", extra={"prompt": gen.prompt})
-    include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    call = _call(request, "completion", req.model, include_usage, t0)
-    return await _run(request, call, engine, gen, req.stream)
+    return await _serve(request, engine, gen, req, t0)

@@ -24,7 +24,7 @@ from autoglm.engine.llamacpp.prompt import PromptBuilder, check_length
 from autoglm.engine.llamacpp.sampling import Sampler, SamplingParams
 from autoglm.engine.llamacpp.scheduler import Job, Scheduler
 from autoglm.engine.llamacpp.text import TextStream
-from autoglm.errors import AutoGLMError, InvalidRequestError
+from autoglm.errors import AutoGLMError, EngineError, InvalidRequestError
 from autoglm.logs import setup_logging
 
 log = logging.getLogger("autoglm.engine")
@@ -98,6 +98,11 @@ class EngineServer:
             job = self.prepare(req, sink)
         except AutoGLMError as exc:
             await ipc.write_messages(writer, [ipc.error_event(exc)])
+            return
+        except Exception:  # a bug must not look like an engine crash to the gateway
+            log.exception("could not prepare the request")
+            err = EngineError("the engine could not prepare this request")
+            await ipc.write_messages(writer, [ipc.error_event(err)])
             return
         self.scheduler.submit(job)
         await ipc.write_messages(writer, [{"ev": "start", "prompt_tokens": len(job.prompt)}])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -52,25 +54,28 @@ def create_app(
     auth = bootstrap(settings, announce or _log_announce)
     metrics = Metrics()
     # Unix socket paths are limited to ~100 bytes: keep them short, private and per-app.
-    run_dir = Path(tempfile.mkdtemp(prefix="autoglm-"))
+    # The directory is made (0700, must not exist yet) and removed by the lifespan.
+    run_dir = Path(tempfile.gettempdir()) / f"autoglm-{os.getpid()}-{secrets.token_hex(4)}"
     engine_map: dict[str, Engine] = (
         engines if engines is not None else build_engines(settings, run_dir)
     )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        run_dir.mkdir(mode=0o700)
         try:
-            await asyncio.gather(*(e.start() for e in engine_map.values()))
-        except (AutoGLMError, RuntimeError, OSError) as exc:
-            await asyncio.gather(*(e.close() for e in engine_map.values()))
-            shutil.rmtree(run_dir, ignore_errors=True)
-            raise ConfigError(f"engine failed to start: {exc}") from exc
-        log.info("serving", extra={"models": list(engine_map), "auth": not auth.disabled})
-        try:
+            try:
+                await asyncio.gather(*(e.start() for e in engine_map.values()))
+            except (AutoGLMError, RuntimeError, OSError) as exc:
+                raise ConfigError(f"engine failed to start: {exc}") from exc
+            log.info("serving", extra={"models": list(engine_map), "auth": not auth.disabled})
             yield
         finally:
-            await asyncio.gather(*(e.close() for e in engine_map.values()))
-            shutil.rmtree(run_dir, ignore_errors=True)
+            try:
+                await asyncio.gather(*(e.close() for e in engine_map.values()),
+                                     return_exceptions=True)
+            finally:
+                shutil.rmtree(run_dir, ignore_errors=True)
 
     routes = [
         Route("/v1/chat/completions", inference.chat_completions, methods=["POST"]),

@@ -60,7 +60,6 @@ class LlamaCppEngine:
         self.last_hello: dict | None = None
 
     async def start(self) -> None:
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         await self.supervisor.start()
 
     async def close(self) -> None:

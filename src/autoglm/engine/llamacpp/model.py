@@ -129,6 +129,18 @@ class LlamaModel:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
     # --- decoding ---------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Run one small decode so the weights are in memory before the first request."""
+        tokens = self.tokenize("Hello, world.", add_special=True, parse_special=False)[:8]
+        batch = Batch(len(tokens))
+        try:
+            for i, tok in enumerate(tokens):
+                batch.add(tok, i, 0, i == len(tokens) - 1)
+            batch.decode(self)
+        finally:
+            batch.free()
+            self.clear_sequence(0)
+
     def clear_sequence(self, seq_id: int) -> None:
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
 

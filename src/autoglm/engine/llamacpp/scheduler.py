@@ -5,8 +5,9 @@ during ``llama_decode``). Each step puts one token per generating slot into the 
 and fills the remaining room with prompt tokens of newly admitted slots (chunked
 prefill), decodes once, then samples each slot from its own logits row.
 
-Events leave through ``emit(sink, event)``; the owner of ``emit`` moves them to the
-event loop. Cancelling a slot frees it before the next step.
+Events leave through one ``emit(outbox)`` call per step, ``outbox`` being a list of
+``(sink, events)``: one wake-up of the event loop per step, however many slots are
+busy. Cancelling a slot frees it before the next step.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from autoglm.engine.llamacpp.text import TextStream
 
 log = logging.getLogger("autoglm.engine")
 
-Emit = Callable[[Any, list[dict]], None]
+Emit = Callable[[list[tuple[Any, list[dict]]]], None]
 
 
 @dataclass(eq=False)
@@ -106,7 +107,7 @@ class Scheduler:
                 return
             slot = next((s for s in self.slots if s.job is None), None)
             if slot is None:  # the gateway admits at most `slots` jobs; refuse loudly
-                self.emit(job.sink, [_error("no free slot in the engine", 503)])
+                self.emit([(job.sink, [_error("no free slot in the engine", 503)])])
                 job.sampler.free()
                 continue
             slot.job, slot.fed, slot.pos, slot.generated = job, 0, 0, 0
@@ -143,17 +144,20 @@ class Scheduler:
                     slot.logits_index = idx
             slot.fed += take
         rc = batch.decode(self.model)
+        outbox: list[tuple[Any, list[dict]]] = []
         if rc != 0:
             for slot in self.slots:
                 if slot.job is not None:
-                    self.emit(slot.job.sink, [_error(f"llama_decode failed ({rc})", 500)])
+                    outbox.append((slot.job.sink, [_error(f"llama_decode failed ({rc})", 500)]))
                     self._release(slot)
-            return
-        for slot in self.slots:
-            if slot.job is not None and slot.logits_index >= 0:
-                self._sample(slot)
+        else:
+            for slot in self.slots:
+                if slot.job is not None and slot.logits_index >= 0:
+                    self._sample(slot, outbox)
+        if outbox:
+            self.emit(outbox)
 
-    def _sample(self, slot: _Slot) -> None:
+    def _sample(self, slot: _Slot, outbox: list[tuple[Any, list[dict]]]) -> None:
         job = slot.job
         if job is None:
             return
@@ -186,7 +190,7 @@ class Scheduler:
             )
             self._release(slot)
         if events:
-            self.emit(job.sink, events)
+            outbox.append((job.sink, events))
 
 
 def _error(message: str, status: int) -> dict:

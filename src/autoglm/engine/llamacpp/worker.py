@@ -39,8 +39,8 @@ class EngineServer:
         self.loop = asyncio.get_running_loop()
         self.scheduler = Scheduler(model, self._emit)
 
-    def _emit(self, sink: asyncio.Queue, events: list[dict]) -> None:
-        self.loop.call_soon_threadsafe(sink.put_nowait, events)
+    def _emit(self, outbox: list[tuple[asyncio.Queue, list[dict]]]) -> None:
+        self.loop.call_soon_threadsafe(_deliver, outbox)
 
     def hello(self) -> dict[str, Any]:
         cfg = self.model.config
@@ -106,16 +106,22 @@ class EngineServer:
             return
         self.scheduler.submit(job)
         await ipc.write_messages(writer, [{"ev": "start", "prompt_tokens": len(job.prompt)}])
-        hangup = asyncio.ensure_future(reader.read())  # EOF: the gateway cancelled
+
+        def hung_up(task: asyncio.Future) -> None:  # EOF from the gateway: cancel
+            if not task.cancelled():
+                job.cancelled.set()
+                sink.put_nowait(None)
+
+        hangup = asyncio.ensure_future(reader.read())
+        hangup.add_done_callback(hung_up)
         try:
             while True:
-                getter = asyncio.ensure_future(sink.get())
-                done, _ = await asyncio.wait({getter, hangup}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    job.cancelled.set()
+                events = await sink.get()
+                while events is not None and not sink.empty():  # catch up in one write
+                    more = sink.get_nowait()
+                    events = None if more is None else events + more
+                if events is None:
                     return
-                events = getter.result()
                 await ipc.write_messages(writer, events)
                 if events[-1]["ev"] in ("done", "error"):
                     return
@@ -124,6 +130,11 @@ class EngineServer:
             raise
         finally:
             hangup.cancel()
+
+
+def _deliver(outbox: list[tuple[asyncio.Queue, list[dict]]]) -> None:
+    for sink, events in outbox:
+        sink.put_nowait(events)
 
 
 async def _watch_parent(parent: int) -> None:
@@ -136,6 +147,7 @@ async def _watch_parent(parent: int) -> None:
 async def serve(args: argparse.Namespace) -> None:
     config = ContextConfig(args.slots, args.ctx_per_slot, args.n_batch, args.n_threads)
     model = LlamaModel(Path(args.model_path), config)
+    model.warm_up()  # page the weights in now, not during the first request
     server = EngineServer(model, args.model_id, args.default_max_tokens)
     server.scheduler.start()
     sock = Path(args.socket)

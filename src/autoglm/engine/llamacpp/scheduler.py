@@ -68,6 +68,7 @@ class Scheduler:
         self.inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="decode-loop", daemon=True)
         self._stopping = False
+        self.warmed = threading.Event()
 
     # --- called from other threads -----------------------------------------------------
     def start(self) -> None:
@@ -87,6 +88,8 @@ class Scheduler:
     # --- the loop ------------------------------------------------------------------------
     def _run(self) -> None:
         try:
+            self.model.warm_up()
+            self.warmed.set()
             while not self._stopping:
                 self._admit(block=not any(s.job for s in self.slots))
                 self._drop_cancelled()

@@ -23,6 +23,7 @@ from autoglm.engine.llamacpp.model import ContextConfig, LlamaModel
 from autoglm.engine.llamacpp.prompt import PromptBuilder, check_length
 from autoglm.engine.llamacpp.sampling import Sampler, SamplingParams
 from autoglm.engine.llamacpp.scheduler import Job, Scheduler
+from autoglm.engine.llamacpp.sink import SocketSink
 from autoglm.engine.llamacpp.text import TextStream
 from autoglm.errors import AutoGLMError, EngineError, InvalidRequestError
 from autoglm.logs import setup_logging
@@ -36,11 +37,12 @@ class EngineServer:
         self.model_id = model_id
         self.default_max_tokens = default_max_tokens
         self.prompts = PromptBuilder(model)
-        self.loop = asyncio.get_running_loop()
         self.scheduler = Scheduler(model, self._emit)
 
-    def _emit(self, outbox: list[tuple[asyncio.Queue, list[dict]]]) -> None:
-        self.loop.call_soon_threadsafe(_deliver, outbox)
+    @staticmethod
+    def _emit(outbox: list[tuple[SocketSink, list[dict]]]) -> None:
+        for sink, events in outbox:  # on the decode thread
+            sink.send(events)
 
     def hello(self) -> dict[str, Any]:
         cfg = self.model.config
@@ -55,7 +57,7 @@ class EngineServer:
             "path": str(self.model.path),
         }
 
-    def prepare(self, req: dict[str, Any], sink: asyncio.Queue) -> Job:
+    def prepare(self, req: dict[str, Any], sink: SocketSink) -> Job:
         if req.get("kind") == "chat":
             messages = req.get("messages")
             if not isinstance(messages, list) or not messages:
@@ -93,7 +95,7 @@ class EngineServer:
     async def _generate(
         self, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        sink: asyncio.Queue[list[dict]] = asyncio.Queue()
+        sink = SocketSink(writer)
         try:
             job = self.prepare(req, sink)
         except AutoGLMError as exc:
@@ -104,37 +106,22 @@ class EngineServer:
             err = EngineError("the engine could not prepare this request")
             await ipc.write_messages(writer, [ipc.error_event(err)])
             return
-        self.scheduler.submit(job)
         await ipc.write_messages(writer, [{"ev": "start", "prompt_tokens": len(job.prompt)}])
-
-        def hung_up(task: asyncio.Future) -> None:  # EOF from the gateway: cancel
-            if not task.cancelled():
-                job.cancelled.set()
-                sink.put_nowait(None)
-
-        hangup = asyncio.ensure_future(reader.read())
-        hangup.add_done_callback(hung_up)
+        sink.start_direct()
+        self.scheduler.submit(job)
+        hangup = asyncio.ensure_future(reader.read())  # EOF: the gateway cancelled
         try:
-            while True:
-                events = await sink.get()
-                while events is not None and not sink.empty():  # catch up in one write
-                    more = sink.get_nowait()
-                    events = None if more is None else events + more
-                if events is None:
-                    return
-                await ipc.write_messages(writer, events)
-                if events[-1]["ev"] in ("done", "error"):
-                    return
+            await asyncio.wait({hangup, sink.finished}, return_when=asyncio.FIRST_COMPLETED)
+            if sink.finished.done():
+                await writer.drain()
+            else:
+                job.cancelled.set()
         except (ConnectionError, asyncio.CancelledError):
             job.cancelled.set()
             raise
         finally:
             hangup.cancel()
-
-
-def _deliver(outbox: list[tuple[asyncio.Queue, list[dict]]]) -> None:
-    for sink, events in outbox:
-        sink.put_nowait(events)
+            sink.close()
 
 
 async def _watch_parent(parent: int) -> None:

@@ -23,7 +23,9 @@ async def test_slow_reader_falls_back_to_the_loop_and_keeps_order() -> None:
 
     t = threading.Thread(target=decode_thread)
     t.start()
-    reader, _ = await asyncio.open_connection(sock=peer)
+    t.join(10)  # all sent before anything is read: the socket buffer must overflow
+    assert not t.is_alive()
+    reader, _ = await asyncio.open_connection(sock=peer, limit=1 << 20)
     lines = []
     while True:
         line = await asyncio.wait_for(reader.readline(), 10)
@@ -31,7 +33,6 @@ async def test_slow_reader_falls_back_to_the_loop_and_keeps_order() -> None:
         lines.append(msg)
         if msg["ev"] == "done":
             break
-    t.join()
     await asyncio.wait_for(sink.finished, 5)
     assert [m["i"] for m in lines[:-1]] == list(range(n))
     assert not sink._direct  # the fallback was really taken

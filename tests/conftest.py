@@ -32,6 +32,7 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
         "data_dir": data_dir,
         "admin_key": ADMIN_KEY,
         "slots": 2,
+        "n_threads": 1,  # llama.cpp's spinning threads collapse when CI shares the cores
         "ctx_per_slot": 512,
         "max_body_bytes": 4096,
         "default_max_tokens": 32,

@@ -218,3 +218,30 @@ async def test_engine_crash_mid_stream_ends_stream_with_error_event(tmp_path: Pa
         ok = await client.post("/v1/completions", {"model": MODEL, "prompt": "Hi",
                                                    "max_tokens": 2})
         assert ok.status_code == 200
+
+
+async def test_model_path_serves_another_gguf_under_its_file_name(tmp_path: Path) -> None:
+    import shutil
+
+    from autoglm.engine.catalog import embedded_model_path
+
+    other = tmp_path / "My-Model.Q4_1.gguf"
+    shutil.copyfile(embedded_model_path(), other)
+    async for client in start_app(make_settings(tmp_path / "d", model_path=other)):
+        ids = [m["id"] for m in (await client.get("/v1/models")).json()["data"]]
+        assert ids == ["my-model.q4_1"]
+        resp = await client.post("/v1/completions", {"model": "my-model.q4_1", "prompt": "Hi",
+                                                      "max_tokens": 2})
+        assert resp.status_code == 200
+        assert (await client.post("/v1/completions", {"model": MODEL, "prompt": "Hi"})
+                ).status_code == 404
+
+
+async def test_model_path_that_is_not_gguf_is_refused(tmp_path: Path) -> None:
+    from autoglm.api.app import create_app
+    from autoglm.errors import ConfigError
+
+    bad = tmp_path / "notes.gguf"
+    bad.write_text("hello")
+    with pytest.raises(ConfigError, match="not a GGUF"):
+        create_app(make_settings(tmp_path / "d", model_path=bad))

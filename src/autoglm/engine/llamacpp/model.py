@@ -25,7 +25,8 @@ class ContextConfig:
 
     @property
     def threads(self) -> int:
-        return self.n_threads or (os.cpu_count() or 1)
+        """Configured threads, else the cores this process may run on (taskset, cgroups)."""
+        return self.n_threads or len(os.sched_getaffinity(0)) or 1
 
 
 def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:

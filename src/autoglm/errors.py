@@ -122,3 +122,17 @@ class EngineError(AutoGLMError):
 
     status = 500
     code = "engine_error"
+
+
+class UpstreamError(AutoGLMError):
+    """An upstream instance could not be reached or failed; never names its address."""
+
+    status = 502
+    type = "server_error"
+    code = "upstream_error"
+
+
+class UpstreamTimeoutError(AutoGLMError):
+    status = 504
+    type = "server_error"
+    code = "upstream_timeout"

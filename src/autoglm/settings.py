@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from autoglm.errors import ConfigError
@@ -55,6 +55,52 @@ class _YamlSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return dict(self._data)
+
+
+class InstanceSpec(BaseModel):
+    """One upstream server of a model (vLLM, llama-server, TGI, another gateway)."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(description="Base URL of its OpenAI API, e.g. http://10.0.0.5:8000/v1.")
+    name: str | None = Field(None, description="Name shown in /readyz and metrics.")
+    weight: int = Field(1, ge=1, le=1000, description="Share of requests, relative.")
+    api_key: SecretStr | None = Field(None, description="Bearer key the upstream expects.")
+    upstream_model: str | None = Field(None, description="Model name on the upstream.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class ProbeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    interval_s: float = Field(5.0, gt=0, description="Seconds between active health probes.")
+    path: str = Field("/models", description="GET path under the instance URL that must 2xx.")
+    timeout_s: float = Field(2.0, gt=0, description="Probe timeout.")
+
+
+class ModelSpec(BaseModel):
+    """A served model: the embedded llama.cpp engine, or a pool of upstream instances."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    id: str = Field(min_length=1, description="Model id clients use.")
+    engine: Literal["llamacpp", "openai", "vllm"] = Field(description="Engine kind.")
+    model_path: Path | None = Field(None, description="llamacpp: GGUF file (unset: bundled).")
+    instances: list[InstanceSpec] = Field(default_factory=list, description="openai/vllm.")
+    max_fails: int = Field(3, ge=1, description="Failures within fail_timeout_s that eject.")
+    fail_timeout_s: float = Field(10.0, gt=0, description="Failure window and ejection time.")
+    probe: ProbeSpec | None = Field(None, description="Optional active health probe.")
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> ModelSpec:
+        if self.engine == "llamacpp" and self.instances:
+            raise ValueError(f"model {self.id}: a llamacpp model has no instances")
+        if self.engine != "llamacpp" and not self.instances:
+            raise ValueError(f"model {self.id}: an {self.engine} model needs instances")
+        return self
 
 
 class Settings(BaseSettings):
@@ -130,6 +176,24 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Largest delay between engine restarts (doubles each crash)."
     )
 
+    # --- engine pool ----------------------------------------------------------------------
+    models: list[ModelSpec] = Field(
+        default_factory=list,
+        description="Served models (YAML). Empty: one embedded llama.cpp model from model_path.",
+    )
+    upstream_connect_timeout_s: float = Field(
+        5.0, gt=0, description="Longest wait to connect to an upstream instance."
+    )
+    upstream_first_byte_timeout_s: float = Field(
+        120.0, gt=0, description="Longest wait for an upstream's answer, and between stream chunks."
+    )
+    upstream_total_timeout_s: float = Field(
+        900.0, gt=0, description="Longest an upstream request may take in all."
+    )
+    upstream_max_connections: int = Field(
+        256, ge=1, description="Pooled keep-alive connections per upstream model."
+    )
+
     # --- logs ------------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Least severe log level written."
@@ -164,6 +228,17 @@ class Settings(BaseSettings):
             raise ValueError("'*' is not allowed: list the origins that may call the API")
         return value
 
+    @field_validator("models")
+    @classmethod
+    def _unique_ids(cls, value: list[ModelSpec]) -> list[ModelSpec]:
+        ids = [m.id for m in value]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"model ids must be unique: {', '.join(dupes)}")
+        if sum(1 for m in value if m.engine == "llamacpp") > 1:
+            raise ValueError("at most one embedded llamacpp model per server")
+        return value
+
     @model_validator(mode="after")
     def _check_tls_pair(self) -> Settings:
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
@@ -185,6 +260,8 @@ class Settings(BaseSettings):
                 out[name] = "********"
             elif isinstance(value, Path):
                 out[name] = str(value)
+            elif name == "models":
+                out[name] = [m.model_dump(mode="json") for m in value]  # SecretStr -> "**********"
             else:
                 out[name] = value
         return out

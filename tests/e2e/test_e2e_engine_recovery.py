@@ -122,4 +122,4 @@ def test_engine_killed_then_restarted(crash_server: ServerProcess) -> None:
     assert r.choices[0].message.content
     assert r.usage.completion_tokens >= 1
     assert srv.metric("autoglm_engine_up", model=MODEL) == 1.0
-    assert srv.metric("autoglm_engine_restarts", model=MODEL) == float(check["restarts"])
+    assert srv.metric("autoglm_engine_restarts_total", model=MODEL) == float(check["restarts"])

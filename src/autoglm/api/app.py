@@ -25,6 +25,7 @@ from autoglm.api.middleware import GatewayMiddleware
 from autoglm.engine.base import Engine
 from autoglm.engine.catalog import resolve_model
 from autoglm.engine.llamacpp.client import LlamaCppEngine
+from autoglm.engine.upstream.client import UpstreamEngine
 from autoglm.errors import AutoGLMError, ConfigError
 from autoglm.security.auth import bootstrap
 from autoglm.settings import Settings
@@ -40,8 +41,18 @@ def _log_announce(key: str, record: Path) -> None:
 
 
 def build_engines(settings: Settings, run_dir: Path) -> dict[str, Engine]:
-    path, model_id = resolve_model(settings)
-    return {model_id: LlamaCppEngine(settings, path, model_id, run_dir)}
+    """One engine per served model: the settings' ``models`` list, else the embedded one."""
+    if not settings.models:
+        path, model_id = resolve_model(settings.model_path, settings.model_id)
+        return {model_id: LlamaCppEngine(settings, path, model_id, run_dir)}
+    engines: dict[str, Engine] = {}
+    for spec in settings.models:
+        if spec.engine == "llamacpp":
+            path, model_id = resolve_model(spec.model_path, spec.id)
+            engines[model_id] = LlamaCppEngine(settings, path, model_id, run_dir)
+        else:
+            engines[spec.id] = UpstreamEngine(settings, spec)
+    return engines
 
 
 def create_app(
@@ -104,5 +115,6 @@ def create_app(
     app.state.settings = settings
     app.state.engines = engine_map
     app.state.metrics = metrics
+    metrics.watch_engines(engine_map)
     app.state.auth = auth
     return app

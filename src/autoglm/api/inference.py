@@ -19,27 +19,37 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from autoglm.api.metrics import Metrics
+from autoglm.api.passthrough import check_minimal, forward
 from autoglm.api.schemas import ChatCompletionRequest, CompletionRequest, parse
 from autoglm.api.streaming import DONE, ClientDisconnected, SSEResponse, race_disconnect, sse
 from autoglm.engine.base import Delta, Engine, Event, Finished, GenerationRequest, Started
+from autoglm.engine.upstream.client import UpstreamEngine
 from autoglm.errors import EngineError, InvalidRequestError, ModelNotFoundError
 
 log = logging.getLogger("autoglm.api")
 
 
-async def read_json(request: Request) -> Any:
+async def read_json(request: Request) -> tuple[bytes, dict[str, Any]]:
+    """(raw body, parsed object); anything but a JSON object is a 400."""
     body = await request.body()
     if not body:
         raise InvalidRequestError("The request body is empty; send a JSON object.")
     try:
-        return orjson.loads(body)
+        data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequestError(
             f"We could not parse the JSON body of your request: {exc.args[0]}"
         ) from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("the request body must be a JSON object")
+    return body, data
 
 
-def engine_for(request: Request, model: str) -> Engine:
+def engine_for(request: Request, model: Any) -> Engine:
+    if not isinstance(model, str) or not model:
+        if model is None:
+            raise InvalidRequestError("'model' is a required property", param="model")
+        raise InvalidRequestError("Invalid value for 'model': must be a string", param="model")
     engine = request.app.state.engines.get(model)
     if engine is None:
         raise ModelNotFoundError(
@@ -179,9 +189,13 @@ async def _serve(request: Request, engine: Engine, gen: GenerationRequest,
 
 async def chat_completions(request: Request) -> Response:
     t0 = time.perf_counter()
-    req: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request))
+    raw, data = await read_json(request)
+    engine = engine_for(request, data.get("model"))
+    if isinstance(engine, UpstreamEngine):
+        stream = check_minimal("chat", data)
+        return await forward(request, engine, "/chat/completions", data, raw, stream, t0)
+    req: ChatCompletionRequest = parse(ChatCompletionRequest, data)
     req.check()
-    engine = engine_for(request, req.model)
     gen = GenerationRequest(
         kind="chat", messages=req.wire_messages(), max_tokens=req.effective_max_tokens(),
         sampling=req.sampling(req.json_object), stop=req.stop_list(), owner=_owner(request),
@@ -191,9 +205,13 @@ async def chat_completions(request: Request) -> Response:
 
 async def completions(request: Request) -> Response:
     t0 = time.perf_counter()
-    req: CompletionRequest = parse(CompletionRequest, await read_json(request))
+    raw, data = await read_json(request)
+    engine = engine_for(request, data.get("model"))
+    if isinstance(engine, UpstreamEngine):
+        stream = check_minimal("completion", data)
+        return await forward(request, engine, "/completions", data, raw, stream, t0)
+    req: CompletionRequest = parse(CompletionRequest, data)
     req.check()
-    engine = engine_for(request, req.model)
     gen = GenerationRequest(
         kind="completion", prompt=req.prompt_text(), max_tokens=req.max_tokens,
         sampling=req.sampling(False), stop=req.stop_list(), owner=_owner(request),

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
@@ -46,21 +51,10 @@ class Metrics:
         self.completion_tokens = Counter(
             "autoglm_completion_tokens", "Completion tokens generated.", ["model"], registry=r
         )
-        self.queue_depth = Gauge(
-            "autoglm_queue_depth", "Requests waiting for a free slot.", ["model"], registry=r
-        )
-        self.busy_slots = Gauge(
-            "autoglm_busy_slots", "Slots generating right now.", ["model"], registry=r
-        )
-        self.slots = Gauge("autoglm_slots", "Slots of the engine.", ["model"], registry=r)
-        self.engine_up = Gauge(
-            "autoglm_engine_up", "1 when the model's engine is ready, else 0.", ["model"],
-            registry=r,
-        )
-        self.engine_restarts = Gauge(
-            "autoglm_engine_restarts", "Times the model's engine was restarted.", ["model"],
-            registry=r,
-        )
+
+    def watch_engines(self, engines: dict[str, Any]) -> None:
+        """Engine and instance state, read at scrape time."""
+        self.registry.register(_EngineCollector(engines))
 
     def observe_request(self, route: str, model: str, status: int, seconds: float) -> None:
         self.requests.labels(route, model, str(status)).inc()
@@ -68,14 +62,50 @@ class Metrics:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    state = request.app.state
-    metrics: Metrics = state.metrics
-    for engine in state.engines.values():
-        model = engine.model.id
-        stats = engine.stats()
-        metrics.busy_slots.labels(model).set(stats["busy"])
-        metrics.queue_depth.labels(model).set(stats["queued"])
-        metrics.slots.labels(model).set(stats["slots"])
-        metrics.engine_up.labels(model).set(stats["up"])
-        metrics.engine_restarts.labels(model).set(stats["restarts"])
+    metrics: Metrics = request.app.state.metrics
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class _EngineCollector(Collector):
+    def __init__(self, engines: dict[str, Any]) -> None:
+        self.engines = engines
+
+    def describe(self) -> list:
+        return []  # families are produced at collect time only
+
+    def collect(self) -> Iterator[Metric]:
+        fams = {
+            "up": GaugeMetricFamily("autoglm_engine_up", "1 when the model's engine can serve.",
+                                    labels=["model"]),
+            "slots": GaugeMetricFamily("autoglm_slots", "Slots (or instances) of the engine.",
+                                       labels=["model"]),
+            "busy": GaugeMetricFamily("autoglm_busy_slots", "Requests being generated now.",
+                                      labels=["model"]),
+            "queued": GaugeMetricFamily("autoglm_queue_depth", "Requests waiting for a slot.",
+                                        labels=["model"]),
+            "restarts": CounterMetricFamily("autoglm_engine_restarts",
+                                            "Times the model's engine was restarted.",
+                                            labels=["model"]),
+        }
+        inst_up = GaugeMetricFamily("autoglm_upstream_up", "1 when the instance takes traffic.",
+                                    labels=["model", "instance"])
+        inst_busy = GaugeMetricFamily("autoglm_upstream_in_flight",
+                                      "Requests in flight to the instance.",
+                                      labels=["model", "instance"])
+        inst_req = CounterMetricFamily("autoglm_upstream_requests",
+                                       "Requests sent to the instance.", labels=["model", "instance"])
+        inst_fail = CounterMetricFamily("autoglm_upstream_failures",
+                                        "Failures of the instance (connect, 5xx, broken stream).",
+                                        labels=["model", "instance"])
+        for model, engine in self.engines.items():
+            for key, value in engine.stats().items():
+                fams[key].add_metric([model], value)
+            describe = getattr(engine, "describe", None)
+            for inst in describe(with_url=False) if describe else []:
+                labels = [model, inst["name"]]
+                inst_up.add_metric(labels, 1 if inst["state"] == "up" else 0)
+                inst_busy.add_metric(labels, inst["in_flight"])
+                inst_req.add_metric(labels, inst["requests"])
+                inst_fail.add_metric(labels, inst["failures_total"])
+        yield from fams.values()
+        yield from (inst_up, inst_busy, inst_req, inst_fail)

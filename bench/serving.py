@@ -28,42 +28,38 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import ctypes
 import json
 import os
 import platform
 import shutil
-import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-import llama_cpp
-import orjson
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+# The sibling modules (_common, _reference, _systems) import however this file is started.
+_BENCH_DIR = str(Path(__file__).resolve().parent)
+if _BENCH_DIR not in sys.path:
+    sys.path.insert(0, _BENCH_DIR)
 
-from autoglm.engine.catalog import embedded_model_path
-from autoglm.settings import EMBEDDED_MODEL_ID
+import llama_cpp  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-PROMPT = (
-    "Write a long, detailed essay about the history of the Roman Empire, "
-    "from its founding to its fall."
+from autoglm.engine.catalog import embedded_model_path  # noqa: E402
+from autoglm.settings import EMBEDDED_MODEL_ID  # noqa: E402
+
+from _common import (  # noqa: E402
+    DIRECT, ENGINE, LCS, N_BATCH, OURS, PROMPT, RAW, ROOT, Run, med, pct,
 )
-MESSAGES = [{"role": "user", "content": PROMPT}]
-ADMIN_KEY = "bench-serving-admin-key"
-N_BATCH = 512
-REQUEST_TIMEOUT_S = 180.0
+from _reference import DirectBatched, RawLlama  # noqa: E402
+from _systems import (  # noqa: E402
+    autoglm_server, child_pid, cpu_s, engine_socket, http_run, ipc_run, llama_cpp_server,
+    ttft_metric,
+)
+
+
+Log = Callable[[str], None]
 
 # Targets (see bench/README.md).
 T_ONE_STREAM_TPS = 0.95  # our tokens/s >= 95% of raw in-process
@@ -73,535 +69,9 @@ T_BATCH_VS_LLAMA_SERVER = 1.5  # 8 streams aggregate >= 1.5x llama_cpp.server
 
 
 # --------------------------------------------------------------------------------------
-# results
-# --------------------------------------------------------------------------------------
-@dataclass
-class Stream:
-    """One generation as a client saw it."""
-
-    ttft_s: float | None = None  # request sent -> first non-empty content
-    total_s: float = 0.0  # request sent -> end of stream
-    tokens: int = 0  # completion tokens (usage when reported, else content chunks)
-    chunks: int = 0  # content chunks received
-    usage_tokens: int | None = None
-    prompt_tokens: int | None = None  # from usage, where reported
-    finish_reason: str | None = None  # None: the stream ended without one (cut short)
-    error: str | None = None
-    text: str = ""
-
-
-@dataclass
-class Run:
-    """N concurrent streams against one system."""
-
-    system: str
-    n: int
-    wall_s: float
-    streams: list[Stream] = field(default_factory=list)
-
-    @property
-    def tokens(self) -> int:
-        return sum(s.tokens for s in self.streams)
-
-    @property
-    def tps(self) -> float:
-        return self.tokens / self.wall_s if self.wall_s > 0 else 0.0
-
-    @property
-    def ttfts_ms(self) -> list[float]:
-        return [s.ttft_s * 1e3 for s in self.streams if s.ttft_s is not None]
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "system": self.system, "n": self.n, "wall_s": round(self.wall_s, 4),
-            "tokens": self.tokens, "tokens_per_s": round(self.tps, 2),
-            "ttft_ms": [round(x, 2) for x in self.ttfts_ms],
-            "streams": [
-                {k: v for k, v in asdict(s).items() if k != "text"} | {"text_head": s.text[:60]}
-                for s in self.streams
-            ],
-        }
-
-
-def pct(values: list[float], q: float) -> float | None:
-    """Percentile with linear interpolation (q in 0..100)."""
-    if not values:
-        return None
-    v = sorted(values)
-    k = (len(v) - 1) * q / 100.0
-    lo, hi = int(k), min(int(k) + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (k - lo)
-
-
-def med(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-# --------------------------------------------------------------------------------------
-# child servers
-# --------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProc:
-    """A server started as a child process (own process group), always torn down."""
-
-    def __init__(self, name: str, argv: list[str], port: int, ready_path: str,
-                 env: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> None:
-        self.name, self.argv, self.port, self.ready_path = name, argv, port, ready_path
-        self.env = {**os.environ, **(env or {})}
-        self.headers = headers or {}
-        self.base = f"http://127.0.0.1:{port}"
-        self.log_path = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
-        self.proc: subprocess.Popen | None = None
-        self.client: httpx.Client | None = None  # the benchmark's keep-alive client
-
-    def start(self, timeout_s: float = 180.0) -> None:
-        log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-            cwd=ROOT, start_new_session=True,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; "
-                                   f"log:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                r = httpx.get(self.base + self.ready_path, headers=self.headers, timeout=2.0)
-                if r.status_code == 200:
-                    return
-            time.sleep(0.25)
-        raise RuntimeError(f"{self.name} not ready after {timeout_s:.0f}s; log:\n{self.log_tail()}")
-
-    def log_tail(self, n: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            # The server leads its own session: signal its group (gateway + engine child).
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
-        # Anything of the group still alive (an engine slow to notice) is killed too.
-        if proc is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            self.log_path.unlink()
-
-
-def autoglm_server(slots: int, ctx_per_slot: int, threads: int, data_dir: Path) -> ServerProc:
-    port = free_port()
-    argv = [sys.executable, "-m", "autoglm", "serve", "--port", str(port),
-            "--slots", str(slots), "--ctx-per-slot", str(ctx_per_slot),
-            "--n-threads", str(threads), "--max-queue", "64",
-            "--data-dir", str(data_dir), "--log-level", "warning"]
-    return ServerProc(f"autoglm-s{slots}", argv, port, "/readyz",
-                      env={"AUTOGLM_ADMIN_KEY": ADMIN_KEY},
-                      headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-
-
-def llama_cpp_server(model_path: Path, ctx: int, threads: int, interrupt: bool) -> ServerProc:
-    port = free_port()
-    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path),
-            "--model_alias", EMBEDDED_MODEL_ID, "--host", "127.0.0.1", "--port", str(port),
-            "--n_ctx", str(ctx), "--n_batch", str(N_BATCH), "--n_ubatch", str(N_BATCH),
-            "--n_threads", str(threads), "--n_threads_batch", str(threads),
-            "--flash_attn", "True", "--interrupt_requests", str(interrupt)]
-    return ServerProc("llama_cpp.server", argv, port, "/v1/models")
-
-
-# --------------------------------------------------------------------------------------
-# HTTP client side
-# --------------------------------------------------------------------------------------
-def _sse_data(st: Stream, obj: dict[str, Any], parts: list[str]) -> bool:
-    """Account one SSE ``data:`` object; True when it carried answer text."""
-    if "error" in obj:
-        st.error = str(obj["error"])[:200]
-        return False
-    if obj.get("usage"):
-        st.usage_tokens = int(obj["usage"]["completion_tokens"])
-        st.prompt_tokens = int(obj["usage"]["prompt_tokens"])
-    got = False
-    for ch in obj.get("choices") or []:
-        text = (ch.get("delta") or {}).get("content")
-        if text:
-            got = True
-            st.chunks += 1
-            parts.append(text)
-        if ch.get("finish_reason"):
-            st.finish_reason = ch["finish_reason"]
-    return got
-
-
-def http_stream(client: httpx.Client, srv: ServerProc, max_tokens: int,
-                go: threading.Barrier | None = None) -> tuple[float, Stream]:
-    """One streamed chat completion; returns (send time, stream).
-
-    A blocking httpx client on its own thread: httpx's async client (and its line
-    iterator) cost ~0.5 ms of CPU per token here, the blocking one ~0.15 ms, and on a
-    two-core machine every client cycle is taken from the server being measured.
-    """
-    body = {"model": EMBEDDED_MODEL_ID, "messages": MESSAGES, "max_tokens": max_tokens,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
-    st = Stream()
-    parts: list[str] = []
-    if go is not None:
-        go.wait()
-    t0 = time.perf_counter()
-    try:
-        with client.stream("POST", srv.base + "/v1/chat/completions", json=body,
-                           headers=srv.headers) as resp:
-            if resp.status_code != 200:
-                st.error = f"HTTP {resp.status_code}: {resp.read()[:200]!r}"
-            else:
-                buf = b""  # SSE framing by hand on the raw bytes
-                done = False
-                for raw in resp.iter_raw():
-                    buf += raw
-                    *events, buf = buf.replace(b"\r\n", b"\n").split(b"\n\n")
-                    for event in events:
-                        for line in event.split(b"\n"):
-                            if not line.startswith(b"data:"):
-                                continue
-                            data = line[5:].strip()
-                            if data == b"[DONE]":
-                                done = True
-                                break
-                            got = _sse_data(st, orjson.loads(data), parts)
-                            if got and st.ttft_s is None:
-                                st.ttft_s = time.perf_counter() - t0
-                    if done:
-                        break
-    except (httpx.HTTPError, OSError) as exc:
-        st.error = f"{type(exc).__name__}: {exc}"[:200]
-    st.total_s = time.perf_counter() - t0
-    st.tokens = st.usage_tokens if st.usage_tokens is not None else st.chunks
-    st.text = "".join(parts)
-    return t0, st
-
-
-def http_run(srv: ServerProc, system: str, n: int, max_tokens: int) -> Run:
-    """N streams at once, one thread each; wall time from the first send to the last end."""
-    if srv.client is None:
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-        srv.client = httpx.Client(timeout=REQUEST_TIMEOUT_S, limits=limits)
-    if n == 1:
-        t0, st = http_stream(srv.client, srv, max_tokens)
-        return Run(system, 1, st.total_s, [st])
-    go = threading.Barrier(n)
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        futs = [pool.submit(http_stream, srv.client, srv, max_tokens, go) for _ in range(n)]
-        got = [f.result() for f in futs]
-    start = min(t for t, _ in got)
-    end = max(t + st.total_s for t, st in got)
-    return Run(system, n, end - start, [st for _, st in got])
-
-
-def child_pid(parent: int) -> int | None:
-    for pid in Path("/proc").iterdir():
-        if pid.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                if int((pid / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
-                    return int(pid.name)
-    return None
-
-
-def cpu_s(pid: int | None) -> float:
-    """User + system CPU seconds of a process so far (0 when it cannot be read)."""
-    if pid is None:
-        return 0.0
-    try:
-        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def engine_socket(srv: ServerProc, timeout_s: float = 10.0) -> str:
-    """The Unix socket of the engine process that ``autoglm serve`` started (its child)."""
-    assert srv.proc is not None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for pid in Path("/proc").iterdir():
-            if not pid.name.isdigit():
-                continue
-            try:
-                stat = (pid / "stat").read_text()
-                argv = (pid / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == srv.proc.pid and b"--socket" in argv:
-                return argv[argv.index(b"--socket") + 1].decode()
-        time.sleep(0.2)
-    raise RuntimeError(f"cannot find the engine process of {srv.name}")
-
-
-async def ipc_stream(sock: str, max_tokens: int, t0: float) -> Stream:
-    """One generation straight through the engine's socket protocol, no HTTP gateway."""
-    req = {"op": "generate", "kind": "chat", "max_tokens": max_tokens,
-           "sampling": {"temperature": 0.0}, "stop": [], "messages": MESSAGES}
-    st = Stream()
-    parts: list[str] = []
-    reader, writer = await asyncio.open_unix_connection(sock, limit=16 * 1024 * 1024)
-    try:
-        writer.write(orjson.dumps(req) + b"\n")
-        await writer.drain()
-        while True:
-            line = await reader.readline()
-            if not line:
-                st.error = "engine closed the connection"
-                break
-            ev = orjson.loads(line)
-            if ev["ev"] == "delta" and ev["text"]:
-                if st.ttft_s is None:
-                    st.ttft_s = time.perf_counter() - t0
-                st.chunks += 1
-                parts.append(ev["text"])
-            elif ev["ev"] == "done":
-                st.finish_reason = ev["finish_reason"]
-                st.usage_tokens = int(ev["completion_tokens"])
-                st.prompt_tokens = int(ev["prompt_tokens"])
-                break
-            elif ev["ev"] == "error":
-                st.error = str(ev.get("message"))[:200]
-                break
-    finally:
-        writer.close()
-    st.total_s = time.perf_counter() - t0
-    st.tokens = st.usage_tokens if st.usage_tokens is not None else st.chunks
-    st.text = "".join(parts)
-    return st
-
-
-async def ipc_run(sock: str, system: str, n: int, max_tokens: int) -> Run:
-    t0 = time.perf_counter()
-    streams = await asyncio.gather(*(ipc_stream(sock, max_tokens, t0) for _ in range(n)))
-    return Run(system, n, time.perf_counter() - t0, list(streams))
-
-
-# --------------------------------------------------------------------------------------
-# in-process baselines
-# --------------------------------------------------------------------------------------
-@llama_cpp.llama_log_callback
-def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    pass
-
-
-class RawLlama:
-    """High-level ``llama_cpp.Llama``: the single-stream reference."""
-
-    def __init__(self, model_path: Path, ctx: int, threads: int) -> None:
-        self.llm = llama_cpp.Llama(
-            str(model_path), n_ctx=ctx, n_batch=N_BATCH, n_ubatch=N_BATCH, n_threads=threads,
-            n_threads_batch=threads, flash_attn=True, n_gpu_layers=0, verbose=False,
-        )
-
-    def run(self, max_tokens: int) -> Run:
-        # Forget the previous prompt, or Llama would reuse its KV prefix and skip prefill.
-        self.llm.reset()
-        st = Stream()
-        parts: list[str] = []
-        t0 = time.perf_counter()
-        for chunk in self.llm.create_chat_completion(
-            messages=MESSAGES, max_tokens=max_tokens, temperature=0, stream=True
-        ):
-            ch = chunk["choices"][0]
-            text = ch["delta"].get("content")
-            if text:
-                if st.ttft_s is None:
-                    st.ttft_s = time.perf_counter() - t0
-                st.chunks += 1
-                parts.append(text)
-            if ch.get("finish_reason"):
-                st.finish_reason = ch["finish_reason"]
-        st.total_s = time.perf_counter() - t0
-        st.tokens = st.chunks
-        st.text = "".join(parts)
-        return Run("raw llama_cpp.Llama", 1, st.total_s, [st])
-
-    def close(self) -> None:
-        self.llm.close()
-
-
-class DirectBatched:
-    """llama.cpp batched decode through the low-level API, context set up like the engine.
-
-    N sequences with the same prompt: prompts are prefilled together, then each step
-    puts one token per sequence into a single ``llama_decode``; greedy sampling.
-    """
-
-    def __init__(self, model_path: Path, slots: int, ctx_per_slot: int, threads: int,
-                 ignore_eos: bool) -> None:
-        llama_cpp.llama_log_set(_quiet_log, ctypes.c_void_p(0))
-        llama_cpp.llama_backend_init()
-        mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = 0
-        self.model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), mparams)
-        if not self.model:
-            raise RuntimeError(f"cannot load {model_path}")
-        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = slots * ctx_per_slot
-        cparams.n_batch = N_BATCH
-        cparams.n_ubatch = N_BATCH
-        cparams.n_seq_max = slots
-        cparams.n_threads = threads
-        cparams.n_threads_batch = threads
-        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
-        if not self.ctx:
-            raise RuntimeError("cannot create a llama.cpp context")
-        self.mem = llama_cpp.llama_get_memory(self.ctx)
-        self.slots = slots
-        self.capacity = max(N_BATCH, slots)
-        self.batch = llama_cpp.llama_batch_init(self.capacity, 0, 1)
-        self.ignore_eos = ignore_eos
-        self.prompt = self._chat_prompt()
-
-    def _token_text(self, tok: int) -> str:
-        buf = ctypes.create_string_buffer(256)
-        n = llama_cpp.llama_token_to_piece(self.vocab, tok, buf, len(buf), 0, True)
-        return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
-
-    def _chat_prompt(self) -> list[int]:
-        """The chat template from the GGUF, rendered as the engine renders it."""
-        tmpl = llama_cpp.llama_model_chat_template(self.model, None)
-        if not tmpl:
-            raise RuntimeError("the model has no chat template")
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        text = env.from_string(tmpl.decode()).render(
-            messages=MESSAGES, add_generation_prompt=True,
-            bos_token=self._token_text(llama_cpp.llama_vocab_bos(self.vocab)),
-            eos_token=self._token_text(llama_cpp.llama_vocab_eos(self.vocab)),
-        )
-        data = text.encode()
-        buf = (llama_cpp.llama_token * (len(data) + 8))()
-        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, len(buf), False, True)
-        return list(buf[:n])
-
-    def _add(self, tok: int, pos: int, seq: int, logits: bool) -> int:
-        b, i = self.batch, self.batch.n_tokens
-        b.token[i], b.pos[i], b.n_seq_id[i] = tok, pos, 1
-        b.seq_id[i][0], b.logits[i] = seq, logits
-        b.n_tokens = i + 1
-        return i
-
-    def run(self, n: int, max_tokens: int) -> Run:
-        assert n <= self.slots
-        llama_cpp.llama_memory_clear(self.mem, True)
-        samplers = []
-        for _ in range(n):
-            chain = llama_cpp.llama_sampler_chain_init(
-                llama_cpp.llama_sampler_chain_default_params())
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
-            samplers.append(chain)
-        prompt = self.prompt
-        streams = [Stream() for _ in range(n)]
-        fed = [0] * n
-        pos = [0] * n
-        last = [0] * n
-        out_idx = [-1] * n
-        active = [True] * n
-        pieces: list[list[int]] = [[] for _ in range(n)]
-        t0 = time.perf_counter()
-        try:
-            while any(active):
-                self.batch.n_tokens = 0
-                for s in range(n):  # one token per generating sequence
-                    out_idx[s] = -1
-                    if active[s] and fed[s] == len(prompt):
-                        out_idx[s] = self._add(last[s], pos[s], s, True)
-                        pos[s] += 1
-                for s in range(n):  # then prompt chunks, as room allows
-                    if not active[s] or fed[s] == len(prompt):
-                        continue
-                    take = min(len(prompt) - fed[s], self.capacity - self.batch.n_tokens)
-                    for k in range(take):
-                        is_last = fed[s] + k == len(prompt) - 1
-                        i = self._add(prompt[fed[s] + k], pos[s], s, is_last)
-                        pos[s] += 1
-                        if is_last:
-                            out_idx[s] = i
-                    fed[s] += take
-                rc = llama_cpp.llama_decode(self.ctx, self.batch)
-                if rc != 0:
-                    raise RuntimeError(f"llama_decode failed ({rc})")
-                now = time.perf_counter()
-                for s in range(n):
-                    if out_idx[s] < 0:
-                        continue
-                    tok = llama_cpp.llama_sampler_sample(samplers[s], self.ctx, out_idx[s])
-                    st = streams[s]
-                    if st.ttft_s is None:
-                        st.ttft_s = now - t0
-                    if not self.ignore_eos and llama_cpp.llama_vocab_is_eog(self.vocab, tok):
-                        st.finish_reason, st.total_s, active[s] = "stop", now - t0, False
-                        continue
-                    st.tokens += 1
-                    pieces[s].append(tok)
-                    last[s] = tok
-                    if st.tokens >= max_tokens:
-                        st.finish_reason, st.total_s, active[s] = "length", now - t0, False
-            wall = time.perf_counter() - t0
-        finally:
-            for chain in samplers:
-                llama_cpp.llama_sampler_free(chain)
-            llama_cpp.llama_memory_clear(self.mem, True)
-        for s, st in enumerate(streams):
-            st.chunks = st.tokens
-            st.text = "".join(self._token_text(t) for t in pieces[s][:20])
-        return Run("direct batched decode", n, wall, streams)
-
-    def close(self) -> None:
-        llama_cpp.llama_batch_free(self.batch)
-        llama_cpp.llama_free(self.ctx)
-        llama_cpp.llama_model_free(self.model)
-
-
-# --------------------------------------------------------------------------------------
-# server-side view (our /metrics): where the TTFT goes
-# --------------------------------------------------------------------------------------
-def ttft_metric(srv: ServerProc) -> tuple[float, float]:
-    """(sum seconds, count) of the gateway's own TTFT histogram."""
-    text = httpx.get(srv.base + "/metrics", headers=srv.headers, timeout=5).text
-    total = count = 0.0
-    for line in text.splitlines():
-        if line.startswith("autoglm_time_to_first_token_seconds_sum"):
-            total = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("autoglm_time_to_first_token_seconds_count"):
-            count = float(line.rsplit(" ", 1)[1])
-    return total, count
-
-
-# --------------------------------------------------------------------------------------
 # the benchmark
 # --------------------------------------------------------------------------------------
-OURS = "autoglm (HTTP)"
-ENGINE = "autoglm engine (IPC)"  # diagnostic: our engine process without the HTTP gateway
-RAW = "raw llama_cpp.Llama"
-LCS = "llama_cpp.server (HTTP)"
-DIRECT = "direct batched decode"
-
-
-def part_a(args: argparse.Namespace, model_path: Path, tmp: Path, log) -> dict[str, Any]:
+def part_a(args: argparse.Namespace, model_path: Path, tmp: Path, log: Log) -> dict[str, Any]:
     """One stream: our HTTP API (slots=1) vs raw in-process Llama, back to back."""
     raw = RawLlama(model_path, args.ctx_per_slot, args.threads)
     srv = autoglm_server(1, args.ctx_per_slot, args.threads, tmp / "data-a")
@@ -614,7 +84,8 @@ def part_a(args: argparse.Namespace, model_path: Path, tmp: Path, log) -> dict[s
         for _ in range(2):
             http_run(srv, OURS, 1, args.max_tokens)
         m0 = ttft_metric(srv)
-        assert srv.proc is not None
+        if srv.proc is None:
+            raise RuntimeError(f"{srv.name} has no process after start()")
         gw_pid, eng_pid = srv.proc.pid, child_pid(srv.proc.pid)
         cpu0 = (cpu_s(gw_pid), cpu_s(eng_pid))
         for r in range(args.rounds):
@@ -666,7 +137,7 @@ def part_a(args: argparse.Namespace, model_path: Path, tmp: Path, log) -> dict[s
     return out
 
 
-def part_b(args: argparse.Namespace, model_path: Path, tmp: Path, log) -> dict[str, Any]:
+def part_b(args: argparse.Namespace, model_path: Path, tmp: Path, log: Log) -> dict[str, Any]:
     """1..8 concurrent streams: our server, llama_cpp.server, direct batched decode."""
     slots = max(args.concurrency)
     direct = DirectBatched(model_path, slots, args.ctx_per_slot, args.threads,
@@ -695,7 +166,8 @@ def part_b(args: argparse.Namespace, model_path: Path, tmp: Path, log) -> dict[s
             if system == ENGINE:
                 return asyncio.run(ipc_run(sock, ENGINE, n, args.max_tokens))
             srv = ours if system == OURS else lcs
-            assert srv is not None
+            if srv is None:
+                raise RuntimeError(f"no server for {system!r} (llama_cpp.server was skipped)")
             return http_run(srv, system, n, args.max_tokens)
 
         for r in range(args.rounds):
@@ -754,9 +226,9 @@ def part_b(args: argparse.Namespace, model_path: Path, tmp: Path, log) -> dict[s
             "runs": [r.summary() for rs in runs.values() for r in rs]}
 
 
-def targets(a: dict[str, Any] | None, b: dict[str, Any] | None, n_max: int) -> list[dict]:
+def targets(a: dict[str, Any] | None, b: dict[str, Any] | None, n_max: int) -> list[dict[str, Any]]:
     """Each target judged on the median of per-round ratios (runs adjacent in time)."""
-    out = []
+    out: list[dict[str, Any]] = []
 
     def add(name: str, value: float | None, goal: str, ok: bool, of_medians: float | None) -> None:
         out.append({"target": name, "value": value, "goal": goal,

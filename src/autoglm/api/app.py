@@ -18,7 +18,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
-from autoglm.api import health, inference, models
+from autoglm.api import admin, health, inference, models
 from autoglm.api.errors import autoglm_error_handler, http_exception_handler
 from autoglm.api.metrics import Metrics, metrics_endpoint
 from autoglm.api.middleware import GatewayMiddleware
@@ -93,6 +93,14 @@ def create_app(
         Route("/v1/completions", inference.completions, methods=["POST"]),
         Route("/v1/models", models.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", models.get_model, methods=["GET"]),
+        Route("/admin/v1/engines", admin.list_engines, methods=["GET"]),
+        Route("/admin/v1/models/{model}/instances", admin.add_instance, methods=["POST"]),
+        Route("/admin/v1/models/{model}/instances/{name}/drain", admin.drain_instance,
+              methods=["POST"]),
+        Route("/admin/v1/models/{model}/instances/{name}/resume", admin.resume_instance,
+              methods=["POST"]),
+        Route("/admin/v1/models/{model}/instances/{name}", admin.remove_instance,
+              methods=["DELETE"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

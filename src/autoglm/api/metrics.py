@@ -26,6 +26,8 @@ def route_label(path: str) -> str:
         return path
     if path.startswith("/v1/models/"):
         return "/v1/models/{model}"
+    if path.startswith("/admin/v1/"):
+        return "/admin/v1/engines" if path == "/admin/v1/engines" else "/admin/v1/models/..."
     return "unmatched"
 
 

@@ -114,9 +114,22 @@ class PassthroughStream:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
+            rest = _salvage(self.opened.response.content)
+            if rest:  # what arrived together with the break still goes to the client
+                await send({"type": "http.response.body", "body": rest, "more_body": True})
             self.opened.release(failure=f"stream: {reason}")
             err = UpstreamError(f"model '{self.model}': the upstream stream broke off")
             log.error("upstream stream ended by error", extra={"model": self.model,
                                                                "reason": reason})
             await send({"type": "http.response.body", "body": sse(err.to_dict()),
                         "more_body": True})
+
+
+def _salvage(content: aiohttp.StreamReader) -> bytes:
+    """Bytes received before the connection broke. aiohttp raises the stored error before
+    handing out its buffer, so read the buffer directly (if this aiohttp still has it)."""
+    read_nowait = getattr(content, "_read_nowait", None)
+    try:
+        return bytes(read_nowait(-1)) if read_nowait else b""
+    except Exception:  # noqa: BLE001 - best effort on a broken stream
+        return b""

@@ -132,6 +132,29 @@ def config_show(
 
 
 @app.command()
+def engines(
+    config: ConfigOpt = None,
+    url: Annotated[Optional[str], typer.Option(help="Server URL (default: from settings).")] = None,
+    key: Annotated[Optional[str], typer.Option(
+        help="Admin API key (default: $AUTOGLM_ADMIN_KEY).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show each model of a running server: instances, state, in-flight and load."""
+    from autoglm.cli.engines import default_key, fetch_engines, render, server_url
+
+    try:
+        target = url or server_url(load_settings(config))
+        data = fetch_engines(target, key or default_key())
+    except AutoGLMError as exc:
+        raise _fail(exc.message) from None
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    # Piped or captured output gets one line per instance instead of 80-column folding.
+    render(data, Console() if sys.stdout.isatty() else Console(width=200))
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     print(__version__)

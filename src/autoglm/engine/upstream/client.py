@@ -93,6 +93,34 @@ class UpstreamEngine:
         if self.session is not None:
             await self.session.close()
 
+    # --- active health ---------------------------------------------------------------------
+    async def _probe_loop(self) -> None:
+        probe = self.spec.probe
+        if probe is None:
+            return
+        while True:
+            await asyncio.sleep(probe.interval_s)
+            await asyncio.gather(*(self.probe_once(i) for i in list(self.router.instances)))
+
+    async def probe_once(self, inst: Instance) -> bool:
+        """GET the probe path; a 2xx brings the instance back, anything else counts a failure."""
+        probe = self.spec.probe
+        if probe is None or self.session is None:
+            return False
+        headers = {"Authorization": f"Bearer {inst.api_key}"} if inst.api_key else {}
+        try:
+            async with self.session.get(inst.url + probe.path, headers=headers,
+                                        timeout=aiohttp.ClientTimeout(total=probe.timeout_s)) as r:
+                ok = 200 <= r.status < 300
+                reason = f"probe: HTTP {r.status}"
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            ok, reason = False, f"probe: {type(exc).__name__}"
+        if ok:
+            self.router.success(inst)
+        else:
+            self.router.failure(inst, reason)
+        return ok
+
     # --- status ----------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
         insts = self.router.instances

@@ -34,6 +34,7 @@ class Instance:
     fails: deque[float] = field(default_factory=deque)
     down_until: float = 0.0
     draining: bool = False
+    removing: bool = False
     requests: int = 0
     failures_total: int = 0
     last_error: str | None = None
@@ -84,11 +85,21 @@ class Router:
         return next((i for i in self.instances if i.name == name), None)
 
     def drain(self, inst: Instance) -> None:
+        """No new requests; in-flight ones finish. ``resume`` undoes it."""
         inst.draining = True
+
+    def resume(self, inst: Instance) -> None:
+        inst.draining = False
+        inst.removing = False
+
+    def remove(self, inst: Instance) -> None:
+        """Drain, then forget the instance once its in-flight requests are done."""
+        inst.draining = True
+        inst.removing = True
         self._reap()
 
     def _reap(self) -> None:
-        self.instances = [i for i in self.instances if not (i.draining and i.in_flight == 0)]
+        self.instances = [i for i in self.instances if not (i.removing and i.in_flight == 0)]
 
     # --- choosing ------------------------------------------------------------------------
     def pick(self, exclude: set[Instance] | None = None) -> Instance | None:
@@ -124,7 +135,7 @@ class Router:
 
     def release(self, inst: Instance) -> None:
         inst.in_flight -= 1
-        if inst.draining and inst.in_flight == 0:
+        if inst.removing and inst.in_flight == 0:
             self._reap()
 
     # --- health ----------------------------------------------------------------------------

@@ -1,0 +1,112 @@
+"""``/admin/v1``: engines and their instances, changed at run time without a restart.
+
+- ``GET  /admin/v1/engines``                                  every model, its engine, instances
+- ``POST /admin/v1/models/{model}/instances``                 add an instance (InstanceSpec JSON)
+- ``POST /admin/v1/models/{model}/instances/{name}/drain``    no new requests; in-flight finish
+- ``POST /admin/v1/models/{model}/instances/{name}/resume``   take requests again
+- ``DELETE /admin/v1/models/{model}/instances/{name}``        drain, then forget when idle
+
+Only platform admins may call these (the identity issue moves the check into the policy).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from autoglm.api.inference import read_json
+from autoglm.engine.upstream.client import UpstreamEngine
+from autoglm.engine.upstream.router import Instance
+from autoglm.errors import InvalidRequestError, ModelNotFoundError, NotFoundError, PermissionDeniedError
+from autoglm.settings import InstanceSpec
+
+
+def require_platform_admin(request: Request) -> None:
+    principal = request.scope["state"].get("principal")
+    if principal is None or "platform_admin" not in principal.roles:
+        raise PermissionDeniedError("this route needs the platform_admin role")
+
+
+def _engine_view(model: str, engine: Any) -> dict[str, Any]:
+    view: dict[str, Any] = {"model": model, **engine.stats()}
+    if isinstance(engine, UpstreamEngine):
+        view["engine"] = engine.spec.engine
+        view["instances"] = engine.describe(with_url=True)
+    else:
+        view["engine"] = "llamacpp"
+        sup = getattr(engine, "supervisor", None)
+        view["instances"] = [{
+            "name": "embedded", "state": "up" if view["up"] else (sup.state if sup else "down"),
+            "in_flight": view["busy"], "queued": view["queued"], "slots": view["slots"],
+            "pid": sup.pid if sup else None, "restarts": view["restarts"],
+        }]
+    return view
+
+
+async def list_engines(request: Request) -> JSONResponse:
+    require_platform_admin(request)
+    engines = request.app.state.engines
+    return JSONResponse({"object": "list",
+                         "data": [_engine_view(m, e) for m, e in engines.items()]})
+
+
+def _pool(request: Request) -> UpstreamEngine:
+    require_platform_admin(request)
+    model = request.path_params["model"]
+    engine = request.app.state.engines.get(model)
+    if engine is None:
+        raise ModelNotFoundError(f"The model '{model}' does not exist.", param="model")
+    if not isinstance(engine, UpstreamEngine):
+        raise InvalidRequestError(
+            f"model '{model}' runs on the embedded engine and has no instances to change",
+            param="model")
+    return engine
+
+
+def _instance(engine: UpstreamEngine, name: str) -> Instance:
+    inst = engine.router.find(name)
+    if inst is None:
+        raise NotFoundError(f"model '{engine.model.id}' has no instance '{name}'")
+    return inst
+
+
+async def add_instance(request: Request) -> JSONResponse:
+    engine = _pool(request)
+    _, data = await read_json(request)
+    try:
+        spec = InstanceSpec.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise InvalidRequestError(f"Invalid value for '{loc}': {err['msg']}", param=loc) from None
+    try:
+        inst = engine.router.add(spec)
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc), param="name") from None
+    return JSONResponse(inst.describe(engine.router.clock(), with_url=True), status_code=201)
+
+
+async def drain_instance(request: Request) -> JSONResponse:
+    engine = _pool(request)
+    inst = _instance(engine, request.path_params["name"])
+    engine.router.drain(inst)
+    return JSONResponse(inst.describe(engine.router.clock(), with_url=True))
+
+
+async def resume_instance(request: Request) -> JSONResponse:
+    engine = _pool(request)
+    inst = _instance(engine, request.path_params["name"])
+    engine.router.resume(inst)
+    return JSONResponse(inst.describe(engine.router.clock(), with_url=True))
+
+
+async def remove_instance(request: Request) -> JSONResponse:
+    engine = _pool(request)
+    inst = _instance(engine, request.path_params["name"])
+    engine.router.remove(inst)
+    view = inst.describe(engine.router.clock(), with_url=True)
+    view["removed"] = inst not in engine.router.instances
+    return JSONResponse(view, status_code=200 if view["removed"] else 202)

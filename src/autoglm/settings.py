@@ -176,6 +176,29 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Largest delay between engine restarts (doubles each crash)."
     )
 
+    # --- managed vLLM (autoglm serve --engine vllm) -------------------------------------------
+    engine: Literal["llamacpp", "vllm"] = Field(
+        "llamacpp", description="Engine for --model-path: embedded llama.cpp, or managed vLLM."
+    )
+    vllm_executable: str = Field(
+        "vllm", description="The vllm command (name on PATH or a path)."
+    )
+    vllm_tensor_parallel: int = Field(
+        1, ge=1, description="GPUs per vLLM instance (tensor parallelism); 1: one per GPU."
+    )
+    vllm_instances: int | None = Field(
+        None, ge=1, description="Most vLLM instances to start. Unset: as many as the GPUs allow."
+    )
+    vllm_extra_args: list[str] = Field(
+        default_factory=list, description="More arguments for every `vllm serve`."
+    )
+    vllm_start_timeout_s: float = Field(
+        900.0, gt=0, description="Longest wait for a vLLM instance to load its model."
+    )
+    vllm_fallback: bool = Field(
+        True, description="With no GPU or no vLLM, serve a GGUF model on llama.cpp instead."
+    )
+
     # --- engine pool ----------------------------------------------------------------------
     models: list[ModelSpec] = Field(
         default_factory=list,

@@ -23,9 +23,7 @@ from autoglm.api.errors import autoglm_error_handler, http_exception_handler
 from autoglm.api.metrics import Metrics, metrics_endpoint
 from autoglm.api.middleware import GatewayMiddleware
 from autoglm.engine.base import Engine
-from autoglm.engine.catalog import resolve_model
-from autoglm.engine.llamacpp.client import LlamaCppEngine
-from autoglm.engine.upstream.client import UpstreamEngine
+from autoglm.engine.factory import build_engines
 from autoglm.errors import AutoGLMError, ConfigError
 from autoglm.security.auth import bootstrap
 from autoglm.settings import Settings
@@ -38,21 +36,6 @@ Announce = Callable[[str, Path], None]
 def _log_announce(key: str, record: Path) -> None:
     # Only reached when no console announcer is given (embedding the app in tests).
     log.warning("a new admin key was generated; its hash is in %s", record)
-
-
-def build_engines(settings: Settings, run_dir: Path) -> dict[str, Engine]:
-    """One engine per served model: the settings' ``models`` list, else the embedded one."""
-    if not settings.models:
-        path, model_id = resolve_model(settings.model_path, settings.model_id)
-        return {model_id: LlamaCppEngine(settings, path, model_id, run_dir)}
-    engines: dict[str, Engine] = {}
-    for spec in settings.models:
-        if spec.engine == "llamacpp":
-            path, model_id = resolve_model(spec.model_path, spec.id)
-            engines[model_id] = LlamaCppEngine(settings, path, model_id, run_dir)
-        else:
-            engines[spec.id] = UpstreamEngine(settings, spec)
-    return engines
 
 
 def create_app(

@@ -51,6 +51,8 @@ def serve(
     port: Annotated[Optional[int], typer.Option(help="TCP port (default 8080).")] = None,
     model_path: Annotated[Optional[Path], typer.Option(help="GGUF file to serve.")] = None,
     model_id: Annotated[Optional[str], typer.Option(help="Model id clients use.")] = None,
+    engine: Annotated[Optional[str], typer.Option(
+        help="Engine for --model-path: llamacpp (embedded) or vllm (managed).")] = None,
     slots: Annotated[Optional[int], typer.Option(help="Sequences decoded together.")] = None,
     ctx_per_slot: Annotated[Optional[int], typer.Option(help="Context tokens per slot.")] = None,
     n_threads: Annotated[Optional[int], typer.Option(help="llama.cpp threads (0: all).")] = None,
@@ -66,7 +68,8 @@ def serve(
     """Serve the OpenAI-compatible API (embedded llama.cpp engine by default)."""
     try:
         settings = load_settings(
-            config, host=host, port=port, model_path=model_path, model_id=model_id, slots=slots,
+            config, host=host, port=port, model_path=model_path, model_id=model_id, engine=engine,
+            slots=slots,
             ctx_per_slot=ctx_per_slot, n_threads=n_threads, max_queue=max_queue,
             data_dir=data_dir, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
             log_level=log_level, dangerously_disable_auth=dangerously_disable_auth,

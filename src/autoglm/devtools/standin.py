@@ -27,6 +27,7 @@ class Standin:
         self.conf: dict[str, Any] = {"mode": "ok", "delay_ms": delay_ms,
                                      "chunk_delay_ms": chunk_delay_ms, "chunks": chunks}
         self.requests = 0
+        self.served_model_name: str | None = None
         self.in_flight = 0
         self.max_in_flight = 0
         self._json = self._make_json()
@@ -87,7 +88,9 @@ async def respond(st: Standin, method: str, path: str, body: bytes,
         return True
     if path == "/_stats":
         data = orjson.dumps({"requests": st.requests, "in_flight": st.in_flight,
-                             "max_in_flight": st.max_in_flight, "mode": st.conf["mode"]})
+                             "max_in_flight": st.max_in_flight, "mode": st.conf["mode"],
+                             "served_model_name": st.served_model_name, "pid": os.getpid(),
+                             "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")})
         writer.write(_head(200, served, len(data)) + data)
         return True
     if method == "GET" and path.rstrip("/").endswith(("/models", "/health")):
@@ -149,6 +152,7 @@ async def _complete(st: Standin, body: bytes, writer: asyncio.StreamWriter,
 
 async def main_async(args: argparse.Namespace) -> None:
     st = Standin(args.name, args.chunks, args.delay_ms, args.chunk_delay_ms)
+    st.served_model_name = args.served_model_name
     server = await asyncio.start_server(lambda r, w: handle(st, r, w), args.host, args.port,
                                         backlog=1024)
     stop = asyncio.Event()
@@ -169,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chunks", type=int, default=8, help="content chunks per streamed answer")
     p.add_argument("--delay-ms", type=float, default=0.0, help="wait before answering")
     p.add_argument("--chunk-delay-ms", type=float, default=0.0, help="wait between chunks")
-    args, _unknown = p.parse_known_args(argv)  # tolerate vllm-style extra flags
+    p.add_argument("--served-model-name", default=None, help="as vllm serve's flag")
+    args, _unknown = p.parse_known_args(argv)  # `vllm serve MODEL ...`: the rest is ignored
     try:
         import uvloop
 

@@ -32,6 +32,14 @@ def _id_from_path(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-").lower() or "model"
 
 
+def is_gguf(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
 def resolve_model(model_path: Path | None, model_id: str | None) -> tuple[Path, str]:
     """(GGUF path, model id) for the embedded engine; unset path means the bundled model."""
     if model_path is None:
@@ -39,7 +47,6 @@ def resolve_model(model_path: Path | None, model_id: str | None) -> tuple[Path, 
     path = model_path.expanduser()
     if not path.is_file():
         raise ConfigError(f"model file not found: {path}")
-    with path.open("rb") as fh:
-        if fh.read(4) != b"GGUF":
-            raise ConfigError(f"{path} is not a GGUF file (bad magic bytes)")
+    if not is_gguf(path):
+        raise ConfigError(f"{path} is not a GGUF file (bad magic bytes)")
     return path, model_id or _id_from_path(path)

@@ -38,11 +38,14 @@ class Instance:
     requests: int = 0
     failures_total: int = 0
     last_error: str | None = None
+    gate: Callable[[], bool] | None = None  # e.g. "its managed process is ready"
 
     def state(self, now: float) -> str:
         if self.draining:
             return "draining"
-        return "down" if now < self.down_until else "up"
+        if now < self.down_until or (self.gate is not None and not self.gate()):
+            return "down"
+        return "up"
 
     def describe(self, now: float, *, with_url: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -108,7 +111,7 @@ class Router:
         candidates: list[Instance] = []
         best_load = 0.0
         for inst in self.instances:
-            if inst.draining or now < inst.down_until or (exclude and inst in exclude):
+            if inst.state(now) != "up" or (exclude and inst in exclude):
                 continue
             load = inst.in_flight / inst.weight
             if not candidates or load < best_load:

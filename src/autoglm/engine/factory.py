@@ -1,0 +1,57 @@
+"""Settings -> the engines that serve each model id."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from autoglm.engine.base import Engine
+from autoglm.engine.catalog import is_gguf, resolve_model
+from autoglm.engine.llamacpp.client import LlamaCppEngine
+from autoglm.engine.upstream.client import UpstreamEngine
+from autoglm.errors import ConfigError
+from autoglm.settings import Settings
+
+log = logging.getLogger("autoglm.engines")
+
+
+def build_engines(settings: Settings, run_dir: Path) -> dict[str, Engine]:
+    """One engine per served model: the settings' ``models`` list, else ``--model-path``
+    on the engine ``--engine`` names (embedded llama.cpp by default)."""
+    if settings.models:
+        engines: dict[str, Engine] = {}
+        for spec in settings.models:
+            if spec.engine == "llamacpp":
+                path, model_id = resolve_model(spec.model_path, spec.id)
+                engines[model_id] = LlamaCppEngine(settings, path, model_id, run_dir)
+            else:
+                engines[spec.id] = UpstreamEngine(settings, spec)
+        return engines
+    if settings.engine == "vllm":
+        return _managed_vllm(settings, run_dir)
+    path, model_id = resolve_model(settings.model_path, settings.model_id)
+    return {model_id: LlamaCppEngine(settings, path, model_id, run_dir)}
+
+
+def _managed_vllm(settings: Settings, run_dir: Path) -> dict[str, Engine]:
+    from autoglm.engine.vllm.managed import ManagedVllmEngine, plan
+
+    if settings.model_path is None:
+        raise ConfigError("--engine vllm needs --model-path (a model directory or file)")
+    path = settings.model_path.expanduser()
+    if not path.exists():
+        raise ConfigError(f"model path not found: {path}")
+    model_id = settings.model_id or path.name.removesuffix(".gguf").lower()
+    try:
+        groups = plan(settings)
+    except ConfigError as exc:
+        if not settings.vllm_fallback:
+            raise
+        if not is_gguf(path):
+            raise ConfigError(f"{exc.message}; {path} is not a GGUF file, so there is no "
+                              "llama.cpp fallback") from None
+        log.warning("vLLM cannot run here; serving the GGUF model on llama.cpp instead",
+                    extra={"reason": exc.message, "model": model_id})
+        path, model_id = resolve_model(path, model_id)
+        return {model_id: LlamaCppEngine(settings, path, model_id, run_dir)}
+    return {model_id: ManagedVllmEngine(settings, path, model_id, groups)}

@@ -169,6 +169,10 @@ def test_5xx_before_first_byte_is_retried_on_another_instance(pool) -> None:
     assert [r.status_code for r in results] == [200] * 20
     assert {served_by(r) for r in results} == {"a"}
     assert instance(srv, "weighted", "b")["failures_total"] >= 1
+    assert srv.metric("autoglm_upstream_failures_total", model="weighted", instance="b") >= 1
+    assert srv.metric("autoglm_upstream_up", model="weighted", instance="a") == 1.0
+    assert srv.metric("autoglm_upstream_recent_failures", model="weighted",
+                      instance="b") is not None
 
 
 def test_killed_instance_fails_no_request_and_comes_back(pool) -> None:

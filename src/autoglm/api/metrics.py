@@ -94,6 +94,9 @@ class _EngineCollector(Collector):
         inst_busy = GaugeMetricFamily("autoglm_upstream_in_flight",
                                       "Requests in flight to the instance.",
                                       labels=["model", "instance"])
+        inst_recent = GaugeMetricFamily("autoglm_upstream_recent_failures",
+                                        "Failures of the instance within its fail_timeout window.",
+                                        labels=["model", "instance"])
         inst_req = CounterMetricFamily("autoglm_upstream_requests",
                                        "Requests sent to the instance.", labels=["model", "instance"])
         inst_fail = CounterMetricFamily("autoglm_upstream_failures",
@@ -107,7 +110,8 @@ class _EngineCollector(Collector):
                 labels = [model, inst["name"]]
                 inst_up.add_metric(labels, 1 if inst["state"] == "up" else 0)
                 inst_busy.add_metric(labels, inst["in_flight"])
+                inst_recent.add_metric(labels, inst["recent_failures"])
                 inst_req.add_metric(labels, inst["requests"])
                 inst_fail.add_metric(labels, inst["failures_total"])
         yield from fams.values()
-        yield from (inst_up, inst_busy, inst_req, inst_fail)
+        yield from (inst_up, inst_busy, inst_recent, inst_req, inst_fail)

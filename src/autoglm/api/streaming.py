@@ -35,24 +35,31 @@ async def _wait_disconnect(receive: Receive) -> None:
 
 
 async def race_disconnect(receive: Receive, work: Awaitable[T]) -> T:
-    """Await ``work``; if the client disconnects first, cancel it and raise."""
-    task = asyncio.ensure_future(work)
+    """Await ``work`` in this task; if the client disconnects first, cancel it and raise.
+
+    One watcher task per call (no extra task for the work, no ``asyncio.wait``): on the
+    hot path of every request, that is measurably cheaper.
+    """
+    current = asyncio.current_task()
+    if current is None:
+        raise RuntimeError("race_disconnect must run inside a task")
     watcher = asyncio.ensure_future(_wait_disconnect(receive))
+
+    def on_disconnect(task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            current.cancel()
+
+    watcher.add_done_callback(on_disconnect)
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
     except asyncio.CancelledError:
-        task.cancel()
-        watcher.cancel()
+        if watcher.done() and not watcher.cancelled() and watcher.exception() is None:
+            current.uncancel()
+            raise ClientDisconnected() from None
         raise
-    if task.done():
+    finally:
+        watcher.remove_done_callback(on_disconnect)
         watcher.cancel()
-        return task.result()
-    task.cancel()
-    try:
-        await task
-    except (asyncio.CancelledError, Exception):  # noqa: BLE001 - result is discarded
-        pass
-    raise ClientDisconnected()
 
 
 def sse(data: dict) -> bytes:

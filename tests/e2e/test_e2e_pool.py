@@ -73,7 +73,7 @@ class Standin:
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("pool")
-    ups = {n: Standin(n, work).start() for n in ("a", "b", "c", "d", "solo", "spare")}
+    ups = {n: Standin(n, work).start() for n in ("a", "b", "c", "d", "solo", "spare", "keyed")}
     dead = [free_port(), free_port()]
 
     def inst(name: str, **kw: Any) -> dict[str, Any]:
@@ -85,6 +85,8 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         {"id": "pair", "engine": "openai", "max_fails": 2, "fail_timeout_s": 2.0,
          "instances": [inst("c"), inst("d", upstream_model="standin")]},
         {"id": "solo", "engine": "openai", "instances": [inst("solo")]},
+        {"id": "keyed", "engine": "openai",
+         "instances": [inst("keyed", api_key="upstream-secret-123")]},
         {"id": "dead", "engine": "openai", "max_fails": 1, "fail_timeout_s": 30,
          "instances": [{"url": f"http://127.0.0.1:{p}/v1"} for p in dead]},
         {"id": "probed", "engine": "openai", "max_fails": 1, "fail_timeout_s": 60,
@@ -130,6 +132,18 @@ def test_one_settings_file_serves_embedded_and_upstream_models_with_same_key(poo
     with srv.client(auth=False) as http:  # same key rules
         assert http.post("/v1/chat/completions",
                          json={"model": "weighted", **CHAT}).status_code == 401
+
+
+def test_upstream_gets_its_own_key_never_the_clients(pool) -> None:
+    ups, srv = pool["ups"], pool["srv"]
+    assert chat(srv, "keyed").status_code == 200
+    assert ups["keyed"].stats()["last_authorization"] == "Bearer upstream-secret-123"
+    assert chat(srv, "solo").status_code == 200
+    assert ups["solo"].stats()["last_authorization"] is None  # the gateway key stays here
+    with srv.client(auth=True) as http:
+        engines = http.get("/admin/v1/engines").text
+    assert "upstream-secret-123" not in engines
+    assert "upstream-secret-123" not in (pool["work"] / "pool.stderr.log").read_text()
 
 
 def test_weights_are_honoured(pool) -> None:

@@ -28,6 +28,7 @@ class Standin:
                                      "chunk_delay_ms": chunk_delay_ms, "chunks": chunks}
         self.requests = 0
         self.served_model_name: str | None = None
+        self.last_authorization: str | None = None
         self.in_flight = 0
         self.max_in_flight = 0
         self._json = self._make_json()
@@ -67,8 +68,11 @@ async def handle(st: Standin, reader: asyncio.StreamReader, writer: asyncio.Stre
             method, path, _ = lines[0].split(" ", 2)
             length = 0
             for line in lines[1:]:
-                if line[:15].lower() == "content-length:":
+                lower = line[:15].lower()
+                if lower == "content-length:":
                     length = int(line[15:].strip())
+                elif lower.startswith("authorization:") and method_is_post(lines[0]):
+                    st.last_authorization = line[14:].strip()
             body = await reader.readexactly(length) if length else b""
             if not await respond(st, method, path, body, writer):
                 return
@@ -76,6 +80,10 @@ async def handle(st: Standin, reader: asyncio.StreamReader, writer: asyncio.Stre
         pass
     finally:
         writer.close()
+
+
+def method_is_post(request_line: str) -> bool:
+    return request_line.startswith("POST ") and "/_control" not in request_line
 
 
 async def respond(st: Standin, method: str, path: str, body: bytes,
@@ -90,6 +98,7 @@ async def respond(st: Standin, method: str, path: str, body: bytes,
         data = orjson.dumps({"requests": st.requests, "in_flight": st.in_flight,
                              "max_in_flight": st.max_in_flight, "mode": st.conf["mode"],
                              "served_model_name": st.served_model_name, "pid": os.getpid(),
+                             "last_authorization": st.last_authorization,
                              "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")})
         writer.write(_head(200, served, len(data)) + data)
         return True

@@ -142,6 +142,12 @@ class Settings(BaseSettings):
         False, description="Serve without any API key check. Never use outside a sandbox."
     )
 
+    # --- control plane ---------------------------------------------------------------------
+    database_url: SecretStr | None = Field(
+        None, description="Control-plane database, e.g. postgresql+psycopg://u@host/db. "
+        "Unset: SQLite (WAL) at data_dir/autoglm.db.",
+    )
+
     # --- model and engine ------------------------------------------------------------------
     model_path: Path | None = Field(
         None, description="GGUF file to serve. Unset: the bundled SmolLM2-135M-Instruct Q4_1."

@@ -1,0 +1,171 @@
+"""API keys in the control-plane database: create, look up (cached), revoke, rotate.
+
+Only the keyed hash (HMAC-SHA256 with the install's pepper) is stored; the secret is
+returned once, at creation. Lookups are cached by hash for ``cache_ttl_s`` (2 s), so a
+revocation made on another replica is seen within that time, and at once on this one.
+Expiry is checked at every lookup against the injected clock, never cached.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from autoglm.errors import NotFoundError
+from autoglm.security import keys
+from autoglm.store.db import Database
+from autoglm.store.models import ApiKey, Principal, RoleBinding, utcnow
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class Binding:
+    role: str
+    tenant_id: str | None
+    project_id: str | None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a valid key speaks for, and how the key narrows that principal's rights."""
+
+    key_id: str
+    principal_id: str
+    principal_name: str
+    tenant_id: str | None
+    bindings: tuple[Binding, ...]
+    projects: tuple[str, ...] | None
+    models: tuple[str, ...] | None
+    actions: tuple[str, ...] | None
+    expires_at: datetime | None
+
+    @property
+    def id(self) -> str:  # what logs and fairness keys use
+        return self.principal_id
+
+    @property
+    def roles(self) -> frozenset[str]:
+        return frozenset(b.role for b in self.bindings)
+
+
+class KeyService:
+    def __init__(self, db: Database, pepper: bytes, clock: Clock = utcnow,
+                 cache_ttl_s: float = 2.0) -> None:
+        self.db = db
+        self.pepper = pepper
+        self.clock = clock
+        self.cache_ttl_s = cache_ttl_s
+        self._cache: dict[str, tuple[Identity | None, float]] = {}
+
+    # --- lookup (hot path) ------------------------------------------------------------------
+    def cached(self, secret: str) -> tuple[bool, Identity | None]:
+        """(hit, identity) from memory only; a hit with None means 'known bad'."""
+        digest = keys.hash_key(self.pepper, secret)
+        entry = self._cache.get(digest)
+        if entry is None or time.monotonic() - entry[1] > self.cache_ttl_s:
+            return False, None
+        return True, self._valid(entry[0])
+
+    def lookup(self, secret: str) -> Identity | None:
+        """From the database (blocking; call off the event loop), then cached."""
+        digest = keys.hash_key(self.pepper, secret)
+        identity = self._load(digest)
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        self._cache[digest] = (identity, time.monotonic())
+        return self._valid(identity)
+
+    def _valid(self, identity: Identity | None) -> Identity | None:
+        if identity is None:
+            return None
+        if identity.expires_at is not None and self.clock() >= identity.expires_at:
+            return None
+        return identity
+
+    def _load(self, digest: str) -> Identity | None:
+        with self.db.session() as s:
+            row = s.execute(
+                select(ApiKey, Principal).join(Principal, Principal.id == ApiKey.principal_id)
+                .where(ApiKey.key_hash == digest)
+            ).first()
+            if row is None:
+                return None
+            key, principal = row
+            if key.revoked_at is not None or principal.disabled:
+                return None
+            bindings = s.scalars(
+                select(RoleBinding).where(RoleBinding.principal_id == principal.id)).all()
+            return Identity(
+                key_id=key.id, principal_id=principal.id, principal_name=principal.name,
+                tenant_id=principal.tenant_id,
+                bindings=tuple(Binding(b.role, b.tenant_id, b.project_id) for b in bindings),
+                projects=tuple(key.projects) if key.projects is not None else None,
+                models=tuple(key.models) if key.models is not None else None,
+                actions=tuple(key.actions) if key.actions is not None else None,
+                expires_at=_aware(key.expires_at),
+            )
+
+    def forget(self, key_hash: str | None = None) -> None:
+        if key_hash is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(key_hash, None)
+
+    # --- management -------------------------------------------------------------------------
+    def create(self, principal_id: str, *, name: str = "", projects: list[str] | None = None,
+               models: list[str] | None = None, actions: list[str] | None = None,
+               expires_at: datetime | None = None, secret: str | None = None) -> tuple[str, ApiKey]:
+        """A new key for the principal; returns (secret, record). The secret is not kept."""
+        secret = secret or keys.generate_key()
+        with self.db.session() as s, s.begin():
+            if s.get(Principal, principal_id) is None:
+                raise NotFoundError(f"principal '{principal_id}' not found")
+            record = ApiKey(principal_id=principal_id, key_hash=keys.hash_key(self.pepper, secret),
+                            display=secret[:8] + "…", name=name, projects=projects,
+                            models=models, actions=actions, expires_at=expires_at)
+            s.add(record)
+        return secret, record
+
+    def revoke(self, key_id: str) -> ApiKey:
+        with self.db.session() as s, s.begin():
+            record = s.get(ApiKey, key_id)
+            if record is None:
+                raise NotFoundError(f"key '{key_id}' not found")
+            if record.revoked_at is None:
+                record.revoked_at = self.clock()
+        self.forget(record.key_hash)
+        return record
+
+    def rotate(self, key_id: str, grace: timedelta = timedelta(hours=24)) -> tuple[str, ApiKey]:
+        """A new key with the same rights; the old one keeps working for ``grace`` (0: ends now)."""
+        now = self.clock()
+        with self.db.session() as s, s.begin():
+            old = s.get(ApiKey, key_id)
+            if old is None or old.revoked_at is not None:
+                raise NotFoundError(f"key '{key_id}' not found")
+            secret = keys.generate_key()
+            new = ApiKey(principal_id=old.principal_id, key_hash=keys.hash_key(self.pepper, secret),
+                         display=secret[:8] + "…", name=old.name, projects=old.projects,
+                         models=old.models, actions=old.actions, expires_at=old.expires_at)
+            s.add(new)
+            s.flush()
+            end = now + grace
+            old_expiry = _aware(old.expires_at)
+            old.expires_at = end if old_expiry is None or end < old_expiry else old_expiry
+            if grace <= timedelta(0):
+                old.revoked_at = now
+            old.rotated_to = new.id
+        self.forget(old.key_hash)
+        return secret, new
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back without a zone; they were written in UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value

@@ -1,0 +1,116 @@
+"""Control-plane tables: who is who, what they may do, their keys, and what admins did.
+
+tenant -> projects -> principals (people and service accounts); role bindings give a
+principal a role at platform, tenant or project scope; API keys belong to one principal
+and may only narrow its rights. Ids are prefixed random strings (``ten_``, ``prj_``, ...),
+so an id never reveals how many objects exist.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+ROLES = ("platform_admin", "tenant_admin", "member", "guest")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON}
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("ten"))
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("prj"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"),
+                                           index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    allowed_models: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Principal(Base):
+    __tablename__ = "principals"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("prn"))
+    tenant_id: Mapped[str | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True, nullable=True)
+    name: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16), default="user")  # user | service
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RoleBinding(Base):
+    __tablename__ = "role_bindings"
+    __table_args__ = (UniqueConstraint("principal_id", "role", "tenant_id", "project_id"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("rb"))
+    principal_id: Mapped[str] = mapped_column(ForeignKey("principals.id", ondelete="CASCADE"),
+                                              index=True)
+    role: Mapped[str] = mapped_column(String(32))
+    tenant_id: Mapped[str | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True)
+    project_id: Mapped[str | None] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("key"))
+    principal_id: Mapped[str] = mapped_column(ForeignKey("principals.id", ondelete="CASCADE"),
+                                              index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # HMAC-SHA256 hex
+    display: Mapped[str] = mapped_column(String(16))  # "agk_AbCd…" for humans
+    name: Mapped[str] = mapped_column(String(128), default="")
+    projects: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)  # narrowing
+    models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    actions: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    rotated_to: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class AuditEvent(Base):
+    """Durable record of every admin act (the audit issue makes the chain tamper-evident)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_ts", "ts"),)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(32))
+    tenant_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    action: Mapped[str] = mapped_column(String(64))
+    resource: Mapped[str] = mapped_column(String(128))
+    decision: Mapped[str] = mapped_column(String(16))  # allow | deny
+    status: Mapped[int] = mapped_column(Integer)
+    request_id: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

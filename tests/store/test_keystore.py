@@ -1,0 +1,119 @@
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import inspect, select
+
+from autoglm.errors import NotFoundError
+from autoglm.security.keystore import KeyService
+from autoglm.store.db import Database
+from autoglm.store.models import ApiKey, Principal, Project, RoleBinding, Tenant
+
+PEPPER = b"p" * 32
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def seed(db: Database) -> tuple[str, str, str]:
+    with db.session() as s, s.begin():
+        t = Tenant(name="bank")
+        s.add(t)
+        s.flush()
+        p = Project(tenant_id=t.id, name="risk", allowed_models=["m1"])
+        who = Principal(tenant_id=t.id, name="alice")
+        s.add_all([p, who])
+        s.flush()
+        s.add(RoleBinding(principal_id=who.id, role="member", tenant_id=t.id, project_id=p.id))
+        return t.id, p.id, who.id
+
+
+def test_migrations_create_the_schema_and_are_idempotent(db: Database) -> None:
+    tables = set(inspect(db.engine).get_table_names())
+    assert {"tenants", "projects", "principals", "role_bindings", "api_keys", "audit_events",
+            "alembic_version"} <= tables
+    db.upgrade()  # second run changes nothing and does not fail
+
+
+def test_key_is_stored_only_as_a_hash_and_resolves_to_its_principal(db: Database) -> None:
+    tenant, project, alice = seed(db)
+    svc = KeyService(db, PEPPER)
+    secret, record = svc.create(alice, name="ci", projects=[project], models=["m1"],
+                                actions=["inference"])
+    with db.session() as s:
+        stored = s.scalars(select(ApiKey)).one()
+    assert secret not in (stored.key_hash, stored.display) and stored.display.endswith("…")
+    ident = svc.lookup(secret)
+    assert ident is not None and ident.principal_id == alice and ident.tenant_id == tenant
+    assert [(b.role, b.project_id) for b in ident.bindings] == [("member", project)]
+    assert ident.projects == (project,) and ident.models == ("m1",)
+    assert svc.cached(secret) == (True, ident)
+    assert svc.lookup("agk_wrong") is None
+    assert svc.cached("agk_wrong") == (True, None)
+
+
+def test_revocation_is_immediate_here_and_within_the_ttl_on_another_replica(db) -> None:
+    _, _, alice = seed(db)
+    here = KeyService(db, PEPPER, cache_ttl_s=0.3)
+    there = KeyService(Database(db.url), PEPPER, cache_ttl_s=0.3)  # a second server process
+    secret, record = here.create(alice)
+    assert here.lookup(secret) and there.lookup(secret)
+    here.revoke(record.id)
+    assert here.cached(secret) == (False, None) and here.lookup(secret) is None
+    assert there.cached(secret)[1] is not None  # still cached for a moment
+    time.sleep(0.35)
+    assert there.cached(secret) == (False, None)
+    assert there.lookup(secret) is None
+    there.db.close()
+
+
+def test_rotation_keeps_the_old_key_for_the_grace_window(db: Database) -> None:
+    _, _, alice = seed(db)
+    clock = Clock()
+    svc = KeyService(db, PEPPER, clock=clock)
+    old, rec = svc.create(alice, models=["m1"])
+    new, new_rec = svc.rotate(rec.id, grace=timedelta(hours=1))
+    assert new != old and new_rec.models == ["m1"]
+    clock.now += timedelta(minutes=59)
+    assert svc.lookup(old) is not None and svc.lookup(new) is not None
+    clock.now += timedelta(minutes=2)
+    assert svc.lookup(old) is None and svc.cached(old)[1] is None
+    assert svc.lookup(new) is not None
+
+
+def test_forced_rotation_ends_the_old_key_now(db: Database) -> None:
+    _, _, alice = seed(db)
+    svc = KeyService(db, PEPPER, clock=Clock())
+    old, rec = svc.create(alice)
+    assert svc.lookup(old) is not None
+    new, _ = svc.rotate(rec.id, grace=timedelta(0))
+    assert svc.lookup(old) is None and svc.lookup(new) is not None
+    with pytest.raises(NotFoundError):
+        svc.rotate(rec.id)  # a revoked key cannot be rotated again
+
+
+def test_expired_key_and_disabled_principal_fail(db: Database) -> None:
+    _, _, alice = seed(db)
+    clock = Clock()
+    svc = KeyService(db, PEPPER, clock=clock)
+    secret, _ = svc.create(alice, expires_at=clock.now + timedelta(days=1))
+    assert svc.lookup(secret) is not None
+    clock.now += timedelta(days=1)
+    assert svc.lookup(secret) is None
+    other, _ = svc.create(alice)
+    with db.session() as s, s.begin():
+        s.get(Principal, alice).disabled = True
+    assert svc.lookup(other) is None
+
+
+def test_unknown_ids_are_not_found(db: Database) -> None:
+    svc = KeyService(db, PEPPER)
+    with pytest.raises(NotFoundError):
+        svc.create("prn_missing")
+    with pytest.raises(NotFoundError):
+        svc.revoke("key_missing")

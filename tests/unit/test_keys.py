@@ -1,9 +1,13 @@
 import json
 import stat
 
+import pytest
+
+from autoglm.errors import AuthenticationError
 from autoglm.security import keys
 from autoglm.security.auth import bootstrap
 from autoglm.settings import Settings
+from autoglm.store.db import Database, database_url
 
 
 def test_key_format_and_checksum() -> None:
@@ -15,34 +19,56 @@ def test_key_format_and_checksum() -> None:
     assert keys.generate_key() != key
 
 
-def test_first_start_generates_key_and_stores_only_its_hash(tmp_path) -> None:
+def _db(settings: Settings) -> Database:
+    db = Database(database_url(settings))
+    db.upgrade()
+    return db
+
+
+async def test_first_start_generates_key_and_stores_only_its_hash(tmp_path) -> None:
     shown: list[str] = []
     settings = Settings(data_dir=tmp_path)
-    auth = bootstrap(settings, lambda key, record: shown.append(key))
+    db = _db(settings)
+    auth = bootstrap(settings, lambda key, where: shown.append(key), db)
     assert len(shown) == 1
     key = shown[0]
-    record = tmp_path / "secrets" / "admin_key.json"
-    assert key not in record.read_text()
-    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    assert keys.well_formed(key)
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            assert key.encode() not in f.read_bytes(), f
     assert stat.S_IMODE((tmp_path / "secrets" / "pepper").stat().st_mode) == 0o600
-    assert auth.authenticate(f"Bearer {key}").id == "admin"
-    # second start: nothing printed, same key still works
-    again = bootstrap(settings, lambda key, record: shown.append(key))
+    ident = await auth.authenticate(f"Bearer {key}")
+    assert ident.id == "prn_platform_admin" and "platform_admin" in ident.roles
+    # second start (a new process): nothing printed, the same key still works
+    again = bootstrap(settings, lambda key, where: shown.append(key), _db(settings))
     assert len(shown) == 1
-    assert again.authenticate(f"Bearer {key}").id == "admin"
-    assert json.loads(record.read_text())["hash"] != key
+    assert (await again.authenticate(f"Bearer {key}")).id == "prn_platform_admin"
 
 
-def test_env_admin_key_is_used_and_nothing_generated(tmp_path) -> None:
+async def test_env_admin_key_is_used_and_nothing_generated(tmp_path) -> None:
     shown: list[str] = []
     settings = Settings(data_dir=tmp_path, admin_key="from-env-secret")
-    auth = bootstrap(settings, lambda key, record: shown.append(key))
+    auth = bootstrap(settings, lambda key, where: shown.append(key), _db(settings))
     assert shown == []
-    assert auth.authenticate("Bearer from-env-secret").id == "admin"
-    assert not (tmp_path / "secrets" / "admin_key.json").exists()
+    assert (await auth.authenticate("Bearer from-env-secret")).id == "prn_platform_admin"
+    with pytest.raises(AuthenticationError):
+        await auth.authenticate("Bearer from-env-secreT")
 
 
-def test_disabled_auth_needs_the_loud_flag(tmp_path) -> None:
-    auth = bootstrap(Settings(data_dir=tmp_path, dangerously_disable_auth=True), print)
+async def test_key_from_the_earlier_json_record_keeps_working(tmp_path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    pepper = keys.load_or_create_pepper(tmp_path / "secrets" / "pepper")
+    old = keys.generate_key()
+    keys.write_secret_file(tmp_path / "secrets" / "admin_key.json",
+                           json.dumps({"hash": keys.hash_key(pepper, old)}).encode())
+    shown: list[str] = []
+    auth = bootstrap(settings, lambda key, where: shown.append(key), _db(settings))
+    assert shown == []
+    assert (await auth.authenticate(f"Bearer {old}")).id == "prn_platform_admin"
+
+
+async def test_disabled_auth_needs_the_loud_flag(tmp_path) -> None:
+    settings = Settings(data_dir=tmp_path, dangerously_disable_auth=True)
+    auth = bootstrap(settings, print, _db(settings))
     assert auth.disabled
-    assert auth.authenticate(None).id == "anonymous"
+    assert (await auth.authenticate(None)).id == "anonymous"

@@ -28,15 +28,16 @@ from autoglm.engine.factory import build_engines
 from autoglm.errors import AutoGLMError, ConfigError
 from autoglm.security.auth import bootstrap
 from autoglm.settings import Settings
+from autoglm.store.db import Database, database_url
 
 log = logging.getLogger("autoglm.app")
 
-Announce = Callable[[str, Path], None]
+Announce = Callable[[str, str], None]
 
 
-def _log_announce(key: str, record: Path) -> None:
+def _log_announce(key: str, where: str) -> None:
     # Only reached when no console announcer is given (embedding the app in tests).
-    log.warning("a new admin key was generated; its hash is in %s", record)
+    log.warning("a new admin key was generated; only its hash is stored, in %s", where)
 
 
 def create_app(
@@ -46,7 +47,9 @@ def create_app(
     engines: dict[str, Engine] | None = None,
 ) -> Starlette:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    auth = bootstrap(settings, announce or _log_announce)
+    db = Database(database_url(settings))
+    db.upgrade()  # migrations are applied at every start
+    auth = bootstrap(settings, announce or _log_announce, db)
     metrics = Metrics()
     # Unix socket paths are limited to ~100 bytes: keep them short, private and per-app.
     # The directory is made (0700, must not exist yet) and removed by the lifespan.
@@ -77,6 +80,7 @@ def create_app(
                                      return_exceptions=True)
             finally:
                 shutil.rmtree(run_dir, ignore_errors=True)
+                db.close()
 
     routes = [
         Route("/v1/chat/completions", inference.chat_completions, methods=["POST"]),
@@ -115,4 +119,5 @@ def create_app(
     app.state.metrics = metrics
     metrics.watch_engines(engine_map)
     app.state.auth = auth
+    app.state.db = db
     return app

@@ -72,7 +72,8 @@ class GatewayMiddleware:
         try:
             self._check_size(scope)
             if scope["path"].startswith(PROTECTED_PREFIXES):
-                state["principal"] = self.auth.authenticate(_header(scope, b"authorization"))
+                state["principal"] = await self.auth.authenticate(
+                    _header(scope, b"authorization"))
             await self.app(scope, self._limited(receive), send_wrapper)
         except AutoGLMError as exc:
             await self._fail(send_wrapper, status_box, exc, logged=False)

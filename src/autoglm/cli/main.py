@@ -36,10 +36,10 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _announce_key(key: str, record: Path) -> None:
+def _announce_key(key: str, where: str) -> None:
     _err_console().print(Panel.fit(
         f"[bold]{key}[/]\n\nThis admin API key is shown once and not stored (only its hash, in "
-        f"{record}).\nKeep it in a secret store. Use it as 'Authorization: Bearer <key>'.",
+        f"{where}).\nKeep it in a secret store. Use it as 'Authorization: Bearer <key>'.",
         title="admin API key", border_style="yellow",
     ))
 
@@ -155,6 +155,28 @@ def engines(
         return
     # Piped or captured output gets one line per instance instead of 80-column folding.
     render(data, Console() if sys.stdout.isatty() else Console(width=200))
+
+
+db_app = typer.Typer(help="The control-plane database.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOpt = None) -> None:
+    """Apply the database migrations (the server also does this at every start)."""
+    from sqlalchemy import text
+
+    from autoglm.store.db import Database, database_url
+
+    try:
+        db = Database(database_url(load_settings(config)))
+        db.upgrade()
+        with db.engine.connect() as conn:
+            rev = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        db.close()
+    except AutoGLMError as exc:
+        raise _fail(exc.message) from None
+    _err_console().print(f"database is at revision {rev}", highlight=False)
 
 
 @app.command()

@@ -62,7 +62,8 @@ def upgrade(engine: Engine) -> None:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     except OperationalError as exc:
-        raise ConfigError(f"cannot reach the database: {exc.orig}") from None
+        reason = " ".join(str(exc.orig).split())
+        raise ConfigError(f"cannot reach the database: {reason}") from None
 
 
 class Database:

@@ -253,9 +253,10 @@ def test_stream_is_passed_through_incrementally(pool) -> None:
     finally:
         ups["solo"].control(chunk_delay_ms=0, chunks=8)
     assert len(arrivals) == 5
-    assert arrivals[0] < 0.5 and arrivals[-1] > 0.9  # first chunk long before the last was sent
+    # the upstream spends ~1 s sending; the first chunk arrives long before the last
+    assert arrivals[0] < 0.6 and arrivals[-1] - arrivals[0] > 0.6
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    assert min(gaps) > 0.15
+    assert sum(1 for g in gaps if g > 0.1) >= 3, gaps  # arrived in steps, not in one lump
 
 
 def test_upstream_4xx_stays_4xx_and_hides_the_address(pool) -> None:

@@ -1,0 +1,171 @@
+"""Authorization: the one place that decides whether an identity may do an action.
+
+The policy (YAML; the built-in ``default_policy.yaml`` unless ``policy_file`` is set)
+maps role x action x scope, deny by default. ``authorize`` combines it with:
+- the binding's own scope (a tenant binding covers its tenant only);
+- the key's narrowing (actions, projects, models it was limited to);
+- the project's model list for inference.
+
+``PolicyStore`` reloads the file when it changes: a valid file replaces the policy at
+once; an invalid one is refused with a log line and the last good policy stays; a
+removed file keeps the last good policy too. No window exists where an invalid file
+applies.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from autoglm.store.models import ROLES
+
+log = logging.getLogger("autoglm.policy")
+
+DEFAULT_POLICY = Path(__file__).with_name("default_policy.yaml")
+
+Scope = Literal["platform", "tenant", "project"]
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    actions: list[str] = Field(min_length=1)
+    scope: Scope
+
+
+class PolicyDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: Literal[1]
+    roles: dict[str, list[Rule]]
+
+    def check_roles(self) -> None:
+        unknown = sorted(set(self.roles) - set(ROLES))
+        if unknown:
+            raise ValueError(f"unknown role(s): {', '.join(unknown)}; roles are {', '.join(ROLES)}")
+
+
+@dataclass(frozen=True)
+class Resource:
+    """What an action is about. ``None`` fields mean 'not tied to one'."""
+
+    tenant_id: str | None = None
+    project_id: str | None = None
+    model: str | None = None
+    allowed_models: tuple[str, ...] | None = None  # the project's list, for inference
+
+
+class Policy:
+    def __init__(self, doc: PolicyDoc, source: str) -> None:
+        self.doc = doc
+        self.source = source
+
+    def role_allows(self, role: str, action: str, scope: Scope) -> bool:
+        for rule in self.doc.roles.get(role, []):
+            if rule.scope == scope and any(fnmatch.fnmatchcase(action, a) for a in rule.actions):
+                return True
+        return False
+
+
+def parse_policy(text: str, source: str) -> Policy:
+    """A valid policy, or ValueError with a message naming what is wrong."""
+    try:
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{source}: not valid YAML: {exc}") from None
+    try:
+        doc = PolicyDoc.model_validate(data)
+        doc.check_roles()
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ValueError(f"{source}: {loc}: {err['msg']}") from None
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+    return Policy(doc, source)
+
+
+class PolicyStore:
+    """The policy in force; ``current()`` rereads the file when its mtime/size changed."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path or DEFAULT_POLICY
+        self._stamp: tuple[float, int] | None = None
+        self._policy = parse_policy(self.path.read_text(encoding="utf-8"), str(self.path))
+        self._stamp = self._stat()
+        self.last_error: str | None = None
+
+    def _stat(self) -> tuple[float, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime, st.st_size)
+
+    def current(self) -> Policy:
+        stamp = self._stat()
+        if stamp != self._stamp:
+            self._stamp = stamp
+            self.reload()
+        return self._policy
+
+    def reload(self) -> bool:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            self.last_error = f"{self.path}: file removed; keeping the last good policy"
+            log.error("policy file removed; the last good policy stays in force",
+                      extra={"path": str(self.path)})
+            return False
+        try:
+            policy = parse_policy(text, str(self.path))
+        except ValueError as exc:
+            self.last_error = str(exc)
+            log.error("policy file rejected; the last good policy stays in force",
+                      extra={"path": str(self.path), "reason": str(exc)})
+            return False
+        self._policy = policy
+        self.last_error = None
+        log.info("policy reloaded", extra={"path": str(self.path)})
+        return True
+
+
+def _scope_of(binding_tenant: str | None, binding_project: str | None) -> Scope:
+    if binding_project is not None:
+        return "project"
+    if binding_tenant is not None:
+        return "tenant"
+    return "platform"
+
+
+def authorize(policy: Policy, identity: Any, action: str, resource: Resource) -> bool:
+    """True when some binding of ``identity`` allows ``action`` on ``resource`` and the key's
+    narrowing and the project's model list agree. Deny by default."""
+    actions = getattr(identity, "actions", None)
+    if actions is not None and not any(fnmatch.fnmatchcase(action, a) for a in actions):
+        return False
+    projects = getattr(identity, "projects", None)
+    if projects is not None and resource.project_id not in projects:
+        return False
+    models = getattr(identity, "models", None)
+    if models is not None and resource.model is not None and resource.model not in models:
+        return False
+    if action == "inference" and resource.allowed_models is not None and (
+        resource.model not in resource.allowed_models
+    ):
+        return False
+    for b in getattr(identity, "bindings", ()):
+        scope = _scope_of(b.tenant_id, b.project_id)
+        if scope == "tenant" and b.tenant_id != resource.tenant_id:
+            continue
+        if scope == "project" and (b.project_id != resource.project_id or resource.project_id
+                                   is None):
+            continue
+        if policy.role_allows(b.role, action, scope):
+            return True
+    return False

@@ -148,6 +148,11 @@ class Settings(BaseSettings):
         "Unset: SQLite (WAL) at data_dir/autoglm.db.",
     )
 
+    policy_file: Path | None = Field(
+        None, description="Authorization policy (YAML, role x action x scope); reloaded when it "
+        "changes. Unset: the built-in default policy.",
+    )
+
     # --- model and engine ------------------------------------------------------------------
     model_path: Path | None = Field(
         None, description="GGUF file to serve. Unset: the bundled SmolLM2-135M-Instruct Q4_1."

@@ -6,7 +6,7 @@
 - ``POST /admin/v1/models/{model}/instances/{name}/resume``   take requests again
 - ``DELETE /admin/v1/models/{model}/instances/{name}``        drain, then forget when idle
 
-Only platform admins may call these (the identity issue moves the check into the policy).
+Who may call them is the policy's decision (``engine.read`` / ``engine.write``).
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from starlette.responses import JSONResponse
 from autoglm.api.inference import read_json
 from autoglm.engine.upstream.client import UpstreamEngine
 from autoglm.engine.upstream.router import Instance
-from autoglm.errors import InvalidRequestError, ModelNotFoundError, NotFoundError, PermissionDeniedError
+from autoglm.errors import InvalidRequestError, ModelNotFoundError, NotFoundError
+from autoglm.security.policy import Resource
 from autoglm.settings import InstanceSpec
 
 
-def require_platform_admin(request: Request) -> None:
-    principal = request.scope["state"].get("principal")
-    if principal is None or "platform_admin" not in principal.roles:
-        raise PermissionDeniedError("this route needs the platform_admin role")
+def _require(request: Request, action: str) -> None:
+    request.app.state.authz.require(request.scope["state"]["principal"], action, Resource())
 
 
 def _engine_view(model: str, engine: Any) -> dict[str, Any]:
@@ -47,14 +46,14 @@ def _engine_view(model: str, engine: Any) -> dict[str, Any]:
 
 
 async def list_engines(request: Request) -> JSONResponse:
-    require_platform_admin(request)
+    _require(request, "engine.read")
     engines = request.app.state.engines
     return JSONResponse({"object": "list",
                          "data": [_engine_view(m, e) for m, e in engines.items()]})
 
 
 def _pool(request: Request) -> UpstreamEngine:
-    require_platform_admin(request)
+    _require(request, "engine.write")
     model = request.path_params["model"]
     engine = request.app.state.engines.get(model)
     if engine is None:

@@ -26,13 +26,36 @@ from autoglm.api.middleware import GatewayMiddleware
 from autoglm.engine.base import Engine
 from autoglm.engine.factory import build_engines
 from autoglm.errors import AutoGLMError, ConfigError
+from autoglm.security.access import Authorizer
 from autoglm.security.auth import bootstrap
+from autoglm.security.policy import PolicyStore
 from autoglm.settings import Settings
 from autoglm.store.db import Database, database_url
 
 log = logging.getLogger("autoglm.app")
 
 Announce = Callable[[str, str], None]
+
+# Every route, with the action the authorization stage checks (None: public). The
+# isolation tests are generated from this table, so a route added without an action
+# fails them.
+ROUTES: list[tuple[str, str, Callable, str | None]] = [
+    ("POST", "/v1/chat/completions", inference.chat_completions, "inference"),
+    ("POST", "/v1/completions", inference.completions, "inference"),
+    ("GET", "/v1/models", models.list_models, "model.list"),
+    ("GET", "/v1/models/{model:path}", models.get_model, "model.list"),
+    ("GET", "/admin/v1/engines", admin.list_engines, "engine.read"),
+    ("POST", "/admin/v1/models/{model}/instances", admin.add_instance, "engine.write"),
+    ("POST", "/admin/v1/models/{model}/instances/{name}/drain", admin.drain_instance,
+     "engine.write"),
+    ("POST", "/admin/v1/models/{model}/instances/{name}/resume", admin.resume_instance,
+     "engine.write"),
+    ("DELETE", "/admin/v1/models/{model}/instances/{name}", admin.remove_instance,
+     "engine.write"),
+    ("GET", "/healthz", health.healthz, None),
+    ("GET", "/readyz", health.readyz, None),
+    ("GET", "/metrics", metrics_endpoint, None),
+]
 
 
 def _log_announce(key: str, where: str) -> None:
@@ -82,23 +105,7 @@ def create_app(
                 shutil.rmtree(run_dir, ignore_errors=True)
                 db.close()
 
-    routes = [
-        Route("/v1/chat/completions", inference.chat_completions, methods=["POST"]),
-        Route("/v1/completions", inference.completions, methods=["POST"]),
-        Route("/v1/models", models.list_models, methods=["GET"]),
-        Route("/v1/models/{model:path}", models.get_model, methods=["GET"]),
-        Route("/admin/v1/engines", admin.list_engines, methods=["GET"]),
-        Route("/admin/v1/models/{model}/instances", admin.add_instance, methods=["POST"]),
-        Route("/admin/v1/models/{model}/instances/{name}/drain", admin.drain_instance,
-              methods=["POST"]),
-        Route("/admin/v1/models/{model}/instances/{name}/resume", admin.resume_instance,
-              methods=["POST"]),
-        Route("/admin/v1/models/{model}/instances/{name}", admin.remove_instance,
-              methods=["DELETE"]),
-        Route("/healthz", health.healthz, methods=["GET"]),
-        Route("/readyz", health.readyz, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
-    ]
+    routes = [Route(path, endpoint, methods=[method]) for method, path, endpoint, _ in ROUTES]
     middleware = []
     if settings.cors_allow_origins:  # outermost, so preflights need no key
         middleware.append(Middleware(
@@ -119,5 +126,6 @@ def create_app(
     app.state.metrics = metrics
     metrics.watch_engines(engine_map)
     app.state.auth = auth
+    app.state.authz = Authorizer(PolicyStore(settings.policy_file), db)
     app.state.db = db
     return app

@@ -24,6 +24,7 @@ from autoglm.api.schemas import ChatCompletionRequest, CompletionRequest, parse
 from autoglm.api.streaming import DONE, ClientDisconnected, SSEResponse, race_disconnect, sse
 from autoglm.engine.base import Delta, Engine, Event, Finished, GenerationRequest, Started
 from autoglm.engine.upstream.client import UpstreamEngine
+from autoglm.security.access import PROJECT_HEADER
 from autoglm.errors import EngineError, InvalidRequestError, ModelNotFoundError
 
 log = logging.getLogger("autoglm.api")
@@ -56,6 +57,14 @@ def engine_for(request: Request, model: Any) -> Engine:
             f"The model '{model}' does not exist or you do not have access to it.", param="model"
         )
     request.scope["state"]["model"] = model
+    return engine
+
+
+async def authorized_engine(request: Request, model: Any) -> Engine:
+    """The model's engine, if the caller may use it; otherwise the same 404 as unknown."""
+    engine = engine_for(request, model)
+    await request.app.state.authz.require_model(
+        request.scope["state"]["principal"], model, request.headers.get(PROJECT_HEADER))
     return engine
 
 
@@ -190,7 +199,7 @@ async def _serve(request: Request, engine: Engine, gen: GenerationRequest,
 async def chat_completions(request: Request) -> Response:
     t0 = time.perf_counter()
     raw, data = await read_json(request)
-    engine = engine_for(request, data.get("model"))
+    engine = await authorized_engine(request, data.get("model"))
     if isinstance(engine, UpstreamEngine):
         stream = check_minimal("chat", data)
         return await forward(request, engine, "/chat/completions", data, raw, stream, t0)
@@ -206,7 +215,7 @@ async def chat_completions(request: Request) -> Response:
 async def completions(request: Request) -> Response:
     t0 = time.perf_counter()
     raw, data = await read_json(request)
-    engine = engine_for(request, data.get("model"))
+    engine = await authorized_engine(request, data.get("model"))
     if isinstance(engine, UpstreamEngine):
         stream = check_minimal("completion", data)
         return await forward(request, engine, "/completions", data, raw, stream, t0)

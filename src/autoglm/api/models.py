@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse
 
 from autoglm.engine.base import Engine
 from autoglm.errors import ModelNotFoundError
+from autoglm.security.access import PROJECT_HEADER
 
 
 def _card(engine: Engine) -> dict[str, Any]:
@@ -17,14 +18,27 @@ def _card(engine: Engine) -> dict[str, Any]:
             "context_length": m.context_length}
 
 
+async def _visible(request: Request, model: str) -> bool:
+    """Listed only when the caller may run inference on it (in the chosen project)."""
+    try:
+        await request.app.state.authz.require_model(
+            request.scope["state"]["principal"], model, request.headers.get(PROJECT_HEADER))
+    except ModelNotFoundError:
+        return False
+    return True
+
+
 async def list_models(request: Request) -> JSONResponse:
     engines = request.app.state.engines
-    return JSONResponse({"object": "list", "data": [_card(e) for e in engines.values()]})
+    data = [_card(e) for m, e in engines.items() if await _visible(request, m)]
+    return JSONResponse({"object": "list", "data": data})
 
 
 async def get_model(request: Request) -> JSONResponse:
     model = request.path_params["model"]
     engine = request.app.state.engines.get(model)
-    if engine is None:
-        raise ModelNotFoundError(f"The model '{model}' does not exist.", param="model")
+    if engine is None or not await _visible(request, model):
+        raise ModelNotFoundError(
+            f"The model '{model}' does not exist or you do not have access to it.",
+            param="model")
     return JSONResponse(_card(engine))

@@ -1,4 +1,4 @@
-"""Authentication stage: bearer API key -> Principal.
+"""Authentication stage: bearer API key -> Identity.
 
 Today there is one principal, the platform admin, whose key comes from
 ``AUTOGLM_ADMIN_KEY`` or is generated at first start (printed once; only its keyed
@@ -13,14 +13,13 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
 
 from autoglm.errors import AuthenticationError, ConfigError
 from autoglm.security import keys
-from autoglm.security.keystore import Identity, KeyService
+from autoglm.security.keystore import Binding, Identity, KeyService
 from autoglm.settings import Settings
 from autoglm.store.db import Database
 from autoglm.store.models import ApiKey, RoleBinding
@@ -35,14 +34,12 @@ NO_KEY = (
 )
 
 
-@dataclass(frozen=True)
-class Principal:
-    id: str
-    name: str
-    roles: frozenset[str] = field(default_factory=frozenset)
-
-
-ANONYMOUS_ADMIN = Principal("anonymous", "auth disabled", frozenset({"platform_admin"}))
+# The identity every request has when authentication is switched off (loudly).
+ANONYMOUS_ADMIN = Identity(
+    key_id="none", principal_id="anonymous", principal_name="auth disabled", tenant_id=None,
+    bindings=(Binding("platform_admin", None, None),), projects=None, models=None,
+    actions=None, expires_at=None,
+)
 
 
 class Authenticator:
@@ -53,7 +50,7 @@ class Authenticator:
     def disabled(self) -> bool:
         return self.keys is None
 
-    async def authenticate(self, authorization: str | None) -> Identity | Principal:
+    async def authenticate(self, authorization: str | None) -> Identity:
         if self.keys is None:
             return ANONYMOUS_ADMIN
         if not authorization:

@@ -84,7 +84,7 @@ def _touch_write(path: Path, text: str) -> None:
 def test_reload_valid_invalid_removed(tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(DEFAULT_POLICY.read_text())
-    store = PolicyStore(path)
+    store = PolicyStore(path, check_interval_s=0)
     guest = who(Binding("guest", T1, P1))
     res = Resource(T1, P1, "m1", allowed_models=("m1",))
     assert not authorize(store.current(), guest, "inference", res)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -91,10 +92,13 @@ def parse_policy(text: str, source: str) -> Policy:
 
 
 class PolicyStore:
-    """The policy in force; ``current()`` rereads the file when its mtime/size changed."""
+    """The policy in force; ``current()`` rereads the file when its mtime/size changed
+    (looked at no more than once per ``check_interval_s``)."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, check_interval_s: float = 1.0) -> None:
         self.path = path or DEFAULT_POLICY
+        self.check_interval_s = check_interval_s
+        self._checked = time.monotonic()
         self._stamp: tuple[float, int] | None = None
         self._policy = parse_policy(self.path.read_text(encoding="utf-8"), str(self.path))
         self._stamp = self._stat()
@@ -108,6 +112,10 @@ class PolicyStore:
         return (st.st_mtime, st.st_size)
 
     def current(self) -> Policy:
+        now = time.monotonic()
+        if now - self._checked < self.check_interval_s:
+            return self._policy  # the file is looked at once a second, not per request
+        self._checked = now
         stamp = self._stat()
         if stamp != self._stamp:
             self._stamp = stamp

@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
-from autoglm.api import admin, health, inference, models
+from autoglm.api import admin, health, identity, inference, models
 from autoglm.api.errors import autoglm_error_handler, http_exception_handler
 from autoglm.api.metrics import Metrics, metrics_endpoint
 from autoglm.api.middleware import GatewayMiddleware
@@ -31,6 +31,7 @@ from autoglm.security.auth import bootstrap
 from autoglm.security.policy import PolicyStore
 from autoglm.settings import Settings
 from autoglm.store.db import Database, database_url
+from autoglm.store.directory import Directory
 
 log = logging.getLogger("autoglm.app")
 
@@ -52,6 +53,25 @@ ROUTES: list[tuple[str, str, Callable, str | None]] = [
      "engine.write"),
     ("DELETE", "/admin/v1/models/{model}/instances/{name}", admin.remove_instance,
      "engine.write"),
+    ("POST", "/admin/v1/tenants", identity.create_tenant, "tenant.create"),
+    ("GET", "/admin/v1/tenants", identity.list_tenants, "tenant.list"),
+    ("GET", "/admin/v1/tenants/{tenant}", identity.get_tenant, "tenant.read"),
+    ("POST", "/admin/v1/tenants/{tenant}/projects", identity.create_project, "project.create"),
+    ("GET", "/admin/v1/tenants/{tenant}/projects", identity.list_projects, "project.list"),
+    ("PATCH", "/admin/v1/projects/{project}", identity.update_project, "project.update"),
+    ("POST", "/admin/v1/tenants/{tenant}/principals", identity.create_principal,
+     "principal.create"),
+    ("GET", "/admin/v1/tenants/{tenant}/principals", identity.list_principals,
+     "principal.list"),
+    ("POST", "/admin/v1/principals/{principal}/bindings", identity.create_binding,
+     "binding.create"),
+    ("DELETE", "/admin/v1/bindings/{binding}", identity.delete_binding, "binding.delete"),
+    ("POST", "/admin/v1/principals/{principal}/keys", identity.create_key, "key.create"),
+    ("GET", "/admin/v1/principals/{principal}/keys", identity.list_keys, "key.list"),
+    ("POST", "/admin/v1/keys/{key}/rotate", identity.rotate_key, "key.rotate"),
+    ("POST", "/admin/v1/keys/{key}/revoke", identity.revoke_key, "key.revoke"),
+    ("GET", "/admin/v1/policy", identity.get_policy, "policy.read"),
+    ("POST", "/admin/v1/policy/validate", identity.validate_policy, "policy.validate"),
     ("GET", "/healthz", health.healthz, None),
     ("GET", "/readyz", health.readyz, None),
     ("GET", "/metrics", metrics_endpoint, None),
@@ -128,4 +148,5 @@ def create_app(
     app.state.auth = auth
     app.state.authz = Authorizer(PolicyStore(settings.policy_file), db)
     app.state.db = db
+    app.state.directory = Directory(db)
     return app

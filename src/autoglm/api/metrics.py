@@ -27,8 +27,14 @@ def route_label(path: str) -> str:
     if path.startswith("/v1/models/"):
         return "/v1/models/{model}"
     if path.startswith("/admin/v1/"):
-        return "/admin/v1/engines" if path == "/admin/v1/engines" else "/admin/v1/models/..."
+        section = path[len("/admin/v1/"):].split("/", 1)[0]
+        if section in _ADMIN_SECTIONS:
+            return f"/admin/v1/{section}"
     return "unmatched"
+
+
+_ADMIN_SECTIONS = frozenset({"engines", "models", "tenants", "projects", "principals",
+                             "bindings", "keys", "policy"})
 
 
 class Metrics:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from autoglm.errors import NotFoundError
 from autoglm.security import keys
@@ -21,6 +22,7 @@ from autoglm.store.db import Database
 from autoglm.store.models import ApiKey, Principal, RoleBinding, utcnow
 
 Clock = Callable[[], datetime]
+InTransaction = Callable[[Session, ApiKey], None]  # e.g. add the audit event of the change
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,8 @@ class KeyService:
     # --- management -------------------------------------------------------------------------
     def create(self, principal_id: str, *, name: str = "", projects: list[str] | None = None,
                models: list[str] | None = None, actions: list[str] | None = None,
-               expires_at: datetime | None = None, secret: str | None = None) -> tuple[str, ApiKey]:
+               expires_at: datetime | None = None, secret: str | None = None,
+               also: InTransaction | None = None) -> tuple[str, ApiKey]:
         """A new key for the principal; returns (secret, record). The secret is not kept."""
         secret = secret or keys.generate_key()
         with self.db.session() as s, s.begin():
@@ -129,19 +132,25 @@ class KeyService:
                             display=secret[:8] + "…", name=name, projects=projects,
                             models=models, actions=actions, expires_at=expires_at)
             s.add(record)
+            s.flush()
+            if also is not None:
+                also(s, record)
         return secret, record
 
-    def revoke(self, key_id: str) -> ApiKey:
+    def revoke(self, key_id: str, also: InTransaction | None = None) -> ApiKey:
         with self.db.session() as s, s.begin():
             record = s.get(ApiKey, key_id)
             if record is None:
                 raise NotFoundError(f"key '{key_id}' not found")
             if record.revoked_at is None:
                 record.revoked_at = self.clock()
+            if also is not None:
+                also(s, record)
         self.forget(record.key_hash)
         return record
 
-    def rotate(self, key_id: str, grace: timedelta = timedelta(hours=24)) -> tuple[str, ApiKey]:
+    def rotate(self, key_id: str, grace: timedelta = timedelta(hours=24),
+               also: InTransaction | None = None) -> tuple[str, ApiKey]:
         """A new key with the same rights; the old one keeps working for ``grace`` (0: ends now)."""
         now = self.clock()
         with self.db.session() as s, s.begin():
@@ -160,6 +169,8 @@ class KeyService:
             if grace <= timedelta(0):
                 old.revoked_at = now
             old.rotated_to = new.id
+            if also is not None:
+                also(s, old)
         self.forget(old.key_hash)
         return secret, new
 

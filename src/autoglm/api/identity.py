@@ -1,0 +1,281 @@
+"""``/admin/v1`` identity routes: tenants, projects, principals, role bindings, keys, policy.
+
+Each route finds the object's tenant, then asks the policy (``Authorizer``). A refusal is
+a 404 when the caller has no standing in that tenant (so another tenant's ids are
+indistinguishable from ids that do not exist) and a 403 otherwise. Every act is audited;
+refusals too. Lists are keyset-paginated: ``?limit=`` (1-100, default 20) and
+``?after=<id>``; answers carry ``has_more`` and ``last_id``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from autoglm.api.inference import read_json
+from autoglm.api.schemas import parse
+from autoglm.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from autoglm.security.policy import Resource, parse_policy
+from autoglm.store.directory import Act, Directory, view
+from autoglm.store.models import ApiKey, Principal, Project, RoleBinding, Tenant
+
+
+class TenantIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(min_length=1, max_length=128)
+
+
+class ProjectIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(min_length=1, max_length=128)
+    allowed_models: list[str] = Field(default_factory=list)
+
+
+class ProjectPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    allowed_models: list[str]
+
+
+class PrincipalIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(min_length=1, max_length=128)
+    kind: str = Field("user", pattern="^(user|service)$")
+
+
+class BindingIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    role: str
+    project_id: str | None = None
+
+
+class KeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field("", max_length=128)
+    projects: list[str] | None = None
+    models: list[str] | None = None
+    actions: list[str] | None = None
+    expires_in_hours: float | None = Field(None, gt=0)
+
+
+class RotateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    grace_hours: float = Field(24.0, ge=0)
+    immediate: bool = False
+
+
+# --- the shared checks ----------------------------------------------------------------------
+def _ctx(request: Request) -> tuple[Any, Directory, Act]:
+    state = request.scope["state"]
+    identity = state["principal"]
+    return identity, request.app.state.directory, Act(identity.id, state.get("request_id"))
+
+
+def _check(request: Request, action: str, tenant_id: str | None,
+           project_id: str | None = None, resource: str = "") -> None:
+    identity, directory, act = _ctx(request)
+    authz = request.app.state.authz
+    if authz.allows(identity, action, Resource(tenant_id=tenant_id, project_id=project_id)):
+        return
+    standing = any(b.tenant_id is None or b.tenant_id == tenant_id for b in identity.bindings)
+    status = 403 if standing and tenant_id is not None or tenant_id is None else 404
+    directory.record_denial(act, action, resource or (tenant_id or "platform"), tenant_id, status)
+    if status == 404:
+        raise NotFoundError("not found")
+    raise PermissionDeniedError(f"not allowed: {action}")
+
+
+def _page_args(request: Request) -> tuple[int, str | None]:
+    raw = request.query_params.get("limit", "20")
+    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        raise InvalidRequestError("limit must be an integer from 1 to 100", param="limit")
+    return int(raw), request.query_params.get("after")
+
+
+def _page(rows: list[Any], more: bool) -> JSONResponse:
+    data = [view(r) for r in rows]
+    return JSONResponse({"object": "list", "data": data, "has_more": more,
+                         "last_id": data[-1]["id"] if data else None})
+
+
+def _found(directory: Directory, model: type, id_: str) -> Any:
+    row = directory.find(model, id_)
+    if row is None:
+        raise NotFoundError("not found")
+    return row
+
+
+# --- tenants --------------------------------------------------------------------------------
+async def create_tenant(request: Request) -> JSONResponse:
+    _check(request, "tenant.create", None, resource="tenants")
+    body: TenantIn = parse(TenantIn, (await read_json(request))[1])
+    _, directory, act = _ctx(request)
+    return JSONResponse(view(directory.create_tenant(act, body.name)), status_code=201)
+
+
+async def list_tenants(request: Request) -> JSONResponse:
+    identity, directory, _ = _ctx(request)
+    limit, after = _page_args(request)
+    if request.app.state.authz.allows(identity, "tenant.list", Resource()):
+        return _page(*directory.page(Tenant, limit=limit, after=after))
+    own = identity.tenant_id  # others see their own tenant only
+    rows = [directory.get(Tenant, own)] if own and (after is None or own > after) else []
+    return _page(rows, False)
+
+
+async def get_tenant(request: Request) -> JSONResponse:
+    _, directory, _ = _ctx(request)
+    tid = request.path_params["tenant"]
+    _check(request, "tenant.read", tid, resource=tid)
+    return JSONResponse(view(_found(directory, Tenant, tid)))
+
+
+# --- projects -------------------------------------------------------------------------------
+async def create_project(request: Request) -> JSONResponse:
+    _, directory, act = _ctx(request)
+    tid = request.path_params["tenant"]
+    _check(request, "project.create", tid, resource=tid)
+    _found(directory, Tenant, tid)
+    body: ProjectIn = parse(ProjectIn, (await read_json(request))[1])
+    project = directory.create_project(act, tid, body.name, body.allowed_models)
+    return JSONResponse(view(project), status_code=201)
+
+
+async def list_projects(request: Request) -> JSONResponse:
+    _, directory, _ = _ctx(request)
+    tid = request.path_params["tenant"]
+    _check(request, "project.list", tid, resource=tid)
+    limit, after = _page_args(request)
+    return _page(*directory.page(Project, limit=limit, after=after, tenant_id=tid))
+
+
+async def update_project(request: Request) -> JSONResponse:
+    _, directory, act = _ctx(request)
+    project = directory.find(Project, request.path_params["project"])
+    _check(request, "project.update", project.tenant_id if project else "?",
+           resource=request.path_params["project"])
+    if project is None:
+        raise NotFoundError("not found")
+    body: ProjectPatch = parse(ProjectPatch, (await read_json(request))[1])
+    return JSONResponse(view(directory.update_project(act, project.id, body.allowed_models)))
+
+
+# --- principals and bindings ----------------------------------------------------------------
+async def create_principal(request: Request) -> JSONResponse:
+    _, directory, act = _ctx(request)
+    tid = request.path_params["tenant"]
+    _check(request, "principal.create", tid, resource=tid)
+    _found(directory, Tenant, tid)
+    body: PrincipalIn = parse(PrincipalIn, (await read_json(request))[1])
+    return JSONResponse(view(directory.create_principal(act, tid, body.name, body.kind)),
+                        status_code=201)
+
+
+async def list_principals(request: Request) -> JSONResponse:
+    _, directory, _ = _ctx(request)
+    tid = request.path_params["tenant"]
+    _check(request, "principal.list", tid, resource=tid)
+    limit, after = _page_args(request)
+    return _page(*directory.page(Principal, limit=limit, after=after, tenant_id=tid))
+
+
+def _principal(request: Request, action: str) -> Principal:
+    _, directory, _ = _ctx(request)
+    pid = request.path_params["principal"]
+    prn = directory.find(Principal, pid)
+    _check(request, action, prn.tenant_id if prn else "?", resource=pid)
+    if prn is None:
+        raise NotFoundError("not found")
+    return prn
+
+
+async def create_binding(request: Request) -> JSONResponse:
+    prn = _principal(request, "binding.create")
+    _, directory, act = _ctx(request)
+    body: BindingIn = parse(BindingIn, (await read_json(request))[1])
+    return JSONResponse(view(directory.bind(act, prn.id, body.role, body.project_id)),
+                        status_code=201)
+
+
+async def delete_binding(request: Request) -> JSONResponse:
+    _, directory, act = _ctx(request)
+    bid = request.path_params["binding"]
+    b = directory.find(RoleBinding, bid)
+    _check(request, "binding.delete", b.tenant_id if b else "?", resource=bid)
+    if b is None or b.tenant_id is None:  # platform bindings are not managed here
+        raise NotFoundError("not found")
+    return JSONResponse(view(directory.unbind(act, bid)))
+
+
+# --- keys -------------------------------------------------------------------------------------
+async def create_key(request: Request) -> JSONResponse:
+    prn = _principal(request, "key.create")
+    _, directory, act = _ctx(request)
+    body: KeyIn = parse(KeyIn, (await read_json(request))[1])
+    expires = (datetime.now(UTC) + timedelta(hours=body.expires_in_hours)
+               if body.expires_in_hours else None)
+    secret, record = request.app.state.auth.keys.create(
+        prn.id, name=body.name, projects=body.projects, models=body.models,
+        actions=body.actions, expires_at=expires,
+        also=directory.audited(act, "key.create", prn.tenant_id, {"principal": prn.id}))
+    return JSONResponse({**view(record), "key": secret}, status_code=201)
+
+
+async def list_keys(request: Request) -> JSONResponse:
+    prn = _principal(request, "key.list")
+    _, directory, _ = _ctx(request)
+    limit, after = _page_args(request)
+    return _page(*directory.page(ApiKey, limit=limit, after=after, principal_id=prn.id))
+
+
+def _key(request: Request, action: str) -> tuple[ApiKey, str | None]:
+    _, directory, _ = _ctx(request)
+    kid = request.path_params["key"]
+    key = directory.find(ApiKey, kid)
+    tenant = directory.find(Principal, key.principal_id).tenant_id if key else "?"
+    _check(request, action, tenant, resource=kid)
+    if key is None:
+        raise NotFoundError("not found")
+    return key, tenant
+
+
+async def rotate_key(request: Request) -> JSONResponse:
+    key, tenant = _key(request, "key.rotate")
+    _, directory, act = _ctx(request)
+    _, data = await read_json(request) if await request.body() else (b"", {})
+    body: RotateIn = parse(RotateIn, data)
+    grace = timedelta(0) if body.immediate else timedelta(hours=body.grace_hours)
+    secret, new = request.app.state.auth.keys.rotate(
+        key.id, grace, also=directory.audited(act, "key.rotate", tenant,
+                                              {"grace_hours": grace.total_seconds() / 3600}))
+    return JSONResponse({**view(new), "key": secret, "rotated_from": key.id}, status_code=201)
+
+
+async def revoke_key(request: Request) -> JSONResponse:
+    key, tenant = _key(request, "key.revoke")
+    _, directory, act = _ctx(request)
+    record = request.app.state.auth.keys.revoke(
+        key.id, also=directory.audited(act, "key.revoke", tenant))
+    return JSONResponse(view(record))
+
+
+# --- policy -------------------------------------------------------------------------------------
+async def get_policy(request: Request) -> JSONResponse:
+    _check(request, "policy.read", None, resource="policy")
+    store = request.app.state.authz.policy
+    policy = store.current()
+    return JSONResponse({"source": policy.source, "last_error": store.last_error,
+                         "policy": policy.doc.model_dump()})
+
+
+async def validate_policy(request: Request) -> JSONResponse:
+    _check(request, "policy.validate", None, resource="policy")
+    text = (await request.body()).decode("utf-8", errors="replace")
+    try:
+        parse_policy(text, "request body")
+    except ValueError as exc:
+        return JSONResponse({"valid": False, "error": str(exc)})
+    return JSONResponse({"valid": True, "error": None})

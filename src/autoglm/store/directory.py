@@ -1,0 +1,182 @@
+"""Tenants, projects, principals and role bindings: reads and writes, each write audited.
+
+Every change and its audit event are committed in one transaction, so an acknowledged
+admin act always has its record. Listing is keyset-paginated by id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from autoglm.errors import InvalidRequestError, NotFoundError
+from autoglm.store.db import Database
+from autoglm.store.models import (
+    ROLES,
+    ApiKey,
+    AuditEvent,
+    Base,
+    Principal,
+    Project,
+    RoleBinding,
+    Tenant,
+    new_id,
+)
+
+M = TypeVar("M", bound=Base)
+
+
+@dataclass(frozen=True)
+class Act:
+    """Who does an admin act, for the audit record."""
+
+    actor: str
+    request_id: str | None
+
+
+def view(row: Base) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for col in row.__table__.columns:
+        if col.name == "key_hash":
+            continue  # never leaves the store
+        value = getattr(row, col.name)
+        out[col.name] = value.isoformat() if isinstance(value, datetime) else value
+    return out
+
+
+class Directory:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- reads --------------------------------------------------------------------------------
+    def get(self, model: type[M], id_: str) -> M:
+        with self.db.session() as s:
+            row = s.get(model, id_)
+        if row is None:
+            raise NotFoundError(f"{model.__tablename__[:-1]} '{id_}' not found")
+        return row
+
+    def find(self, model: type[M], id_: str) -> M | None:
+        with self.db.session() as s:
+            return s.get(model, id_)
+
+    def page(self, model: type[M], *, limit: int, after: str | None,
+             **where: Any) -> tuple[list[M], bool]:
+        with self.db.session() as s:
+            q = select(model).order_by(model.id)  # type: ignore[attr-defined]
+            for col, value in where.items():
+                q = q.where(getattr(model, col) == value)
+            if after:
+                q = q.where(model.id > after)  # type: ignore[attr-defined]
+            rows = list(s.scalars(q.limit(limit + 1)))
+        return rows[:limit], len(rows) > limit
+
+    def tenant_of_principal(self, principal_id: str) -> str | None:
+        return self.get(Principal, principal_id).tenant_id
+
+    # --- writes (each with its audit event) ------------------------------------------------
+    def _commit(self, s: Session, act: Act, action: str, resource: str, tenant: str | None,
+                detail: dict[str, Any] | None = None) -> None:
+        s.add(AuditEvent(actor=act.actor, tenant_id=tenant, action=action, resource=resource,
+                         decision="allow", status=200, request_id=act.request_id,
+                         detail=detail or {}))
+        try:
+            s.commit()
+        except IntegrityError:
+            s.rollback()
+            raise InvalidRequestError(f"{action}: that already exists (names are unique)") from None
+
+    def create_tenant(self, act: Act, name: str) -> Tenant:
+        with self.db.session() as s:
+            t = Tenant(id=new_id("ten"), name=name)
+            s.add(t)
+            self._commit(s, act, "tenant.create", t.id, t.id, {"name": name})
+            return t
+
+    def create_project(self, act: Act, tenant_id: str, name: str, models: list[str]) -> Project:
+        with self.db.session() as s:
+            p = Project(id=new_id("prj"), tenant_id=tenant_id, name=name, allowed_models=models)
+            s.add(p)
+            self._commit(s, act, "project.create", p.id, tenant_id,
+                         {"name": name, "allowed_models": models})
+            return p
+
+    def update_project(self, act: Act, project_id: str, models: list[str]) -> Project:
+        with self.db.session() as s:
+            p = s.get(Project, project_id)
+            if p is None:
+                raise NotFoundError(f"project '{project_id}' not found")
+            p.allowed_models = models
+            self._commit(s, act, "project.update", p.id, p.tenant_id, {"allowed_models": models})
+            return p
+
+    def create_principal(self, act: Act, tenant_id: str, name: str, kind: str) -> Principal:
+        with self.db.session() as s:
+            p = Principal(id=new_id("prn"), tenant_id=tenant_id, name=name, kind=kind)
+            s.add(p)
+            self._commit(s, act, "principal.create", p.id, tenant_id, {"name": name, "kind": kind})
+            return p
+
+    def bind(self, act: Act, principal_id: str, role: str, project_id: str | None) -> RoleBinding:
+        if role not in ROLES or role == "platform_admin":
+            raise InvalidRequestError("role must be one of tenant_admin, member, guest",
+                                      param="role")
+        with self.db.session() as s:
+            prn = s.get(Principal, principal_id)
+            if prn is None or prn.tenant_id is None:
+                raise NotFoundError(f"principal '{principal_id}' not found")
+            if project_id is not None:
+                proj = s.get(Project, project_id)
+                if proj is None or proj.tenant_id != prn.tenant_id:  # no cross-tenant binding
+                    raise NotFoundError(f"project '{project_id}' not found")
+            if role == "tenant_admin":
+                project_id = None
+            elif project_id is None:
+                raise InvalidRequestError(f"a {role} binding needs a project_id",
+                                          param="project_id")
+            b = RoleBinding(id=new_id("rb"), principal_id=principal_id, role=role,
+                            tenant_id=prn.tenant_id, project_id=project_id)
+            s.add(b)
+            self._commit(s, act, "binding.create", b.id, prn.tenant_id,
+                         {"principal": principal_id, "role": role, "project": project_id})
+            return b
+
+    def unbind(self, act: Act, binding_id: str) -> RoleBinding:
+        with self.db.session() as s:
+            b = s.get(RoleBinding, binding_id)
+            if b is None:
+                raise NotFoundError(f"binding '{binding_id}' not found")
+            s.delete(b)
+            self._commit(s, act, "binding.delete", b.id, b.tenant_id)
+            return b
+
+    @staticmethod
+    def audited(act: Act, action: str, tenant: str | None,
+                detail: dict[str, Any] | None = None) -> Any:
+        """A hook for the key service: the audit event joins the key change's transaction."""
+
+        def add(s: Session, key: ApiKey) -> None:
+            s.add(AuditEvent(actor=act.actor, tenant_id=tenant, action=action, resource=key.id,
+                             decision="allow", status=200, request_id=act.request_id,
+                             detail=detail or {}))
+
+        return add
+
+    def record_denial(self, act: Act, action: str, resource: str, tenant: str | None,
+                      status: int) -> None:
+        with self.db.session() as s, s.begin():
+            s.add(AuditEvent(actor=act.actor, tenant_id=tenant, action=action, resource=resource,
+                             decision="deny", status=status, request_id=act.request_id,
+                             detail={}))
+
+    def events(self, *, tenant_id: str | None = None, limit: int = 100) -> list[AuditEvent]:
+        with self.db.session() as s:
+            q = select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(limit)
+            if tenant_id is not None:
+                q = q.where(AuditEvent.tenant_id == tenant_id)
+            return list(s.scalars(q))

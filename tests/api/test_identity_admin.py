@@ -1,0 +1,206 @@
+"""The identity admin API: two tenants set up over HTTP, isolation, keys, audit."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from autoglm.api.app import ROUTES
+from autoglm.store.models import AuditEvent
+from tests.conftest import MODEL, make_settings, start_app
+
+pytestmark = pytest.mark.model
+
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="module")
+async def setup(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict]:
+    async for client in start_app(make_settings(tmp_path_factory.mktemp("idadmin"))):
+        post = client.post
+        w: dict = {"client": client, "ids": {}, "keys": {}}
+        for t in ("bank", "hospital"):
+            tenant = (await post("/admin/v1/tenants", {"name": t})).json()
+            w["ids"][t] = tenant["id"]
+            proj = (await post(f"/admin/v1/tenants/{tenant['id']}/projects",
+                               {"name": "main", "allowed_models": [MODEL]})).json()
+            w["ids"][f"{t}/main"] = proj["id"]
+            for who, role in (("admin", "tenant_admin"), ("member", "member"),
+                              ("guest", "guest")):
+                prn = (await post(f"/admin/v1/tenants/{tenant['id']}/principals",
+                                  {"name": f"{t}-{who}"})).json()
+                w["ids"][f"{t}/{who}"] = prn["id"]
+                b = await post(f"/admin/v1/principals/{prn['id']}/bindings",
+                               {"role": role, "project_id": proj["id"]})
+                assert b.status_code == 201, b.text
+                k = (await post(f"/admin/v1/principals/{prn['id']}/keys", {"name": who})).json()
+                w["keys"][f"{t}/{who}"] = k["key"]
+        yield w
+
+
+async def test_two_tenants_set_up_and_used(setup) -> None:
+    http, k = setup["client"].http, setup["keys"]
+    for t in ("bank", "hospital"):
+        r = await http.post("/v1/chat/completions", json=CHAT, headers=bearer(k[f"{t}/member"]))
+        assert r.status_code == 200, r.text
+        r = await http.post("/v1/chat/completions", json=CHAT, headers=bearer(k[f"{t}/guest"]))
+        assert r.status_code == 404
+
+
+async def test_tenant_admin_sees_own_tenant_and_gets_404_for_the_other(setup) -> None:
+    http, k, ids = setup["client"].http, setup["keys"], setup["ids"]
+    h = bearer(k["bank/admin"])
+    own = await http.get(f"/admin/v1/tenants/{ids['bank']}/principals", headers=h)
+    assert own.status_code == 200 and len(own.json()["data"]) == 3
+    other = await http.get(f"/admin/v1/tenants/{ids['hospital']}/principals", headers=h)
+    missing = await http.get("/admin/v1/tenants/ten_0000000000000000/principals", headers=h)
+    assert other.status_code == missing.status_code == 404
+    assert other.json() == missing.json()
+    listed = (await http.get("/admin/v1/tenants", headers=h)).json()["data"]
+    assert [t["id"] for t in listed] == [ids["bank"]]
+    # a key for a principal of the other tenant, or a binding across tenants: 404
+    r = await http.post(f"/admin/v1/principals/{ids['hospital/member']}/keys", json={},
+                        headers=h)
+    assert r.status_code == 404
+    r = await http.post(f"/admin/v1/principals/{ids['bank/member']}/bindings",
+                        json={"role": "member", "project_id": ids["hospital/main"]}, headers=h)
+    assert r.status_code == 404
+    r = await http.post(f"/admin/v1/principals/{ids['bank/member']}/bindings",
+                        json={"role": "platform_admin"}, headers=h)
+    assert r.status_code == 400
+
+
+async def test_keys_are_shown_once_and_never_listed(setup) -> None:
+    client, ids = setup["client"], setup["ids"]
+    created = (await client.post(f"/admin/v1/principals/{ids['bank/member']}/keys",
+                                 {"name": "ci", "models": [MODEL]})).json()
+    assert created["key"].startswith("agk_") and "key_hash" not in created
+    listed = (await client.get(f"/admin/v1/principals/{ids['bank/member']}/keys")).json()
+    assert all("key" not in k and "key_hash" not in k for k in listed["data"])
+    assert created["id"] in {k["id"] for k in listed["data"]}
+
+
+async def test_rotate_with_grace_and_revoke_over_http(setup) -> None:
+    client, ids = setup["client"], setup["ids"]
+    old = (await client.post(f"/admin/v1/principals/{ids['bank/member']}/keys", {})).json()
+    rotated = await client.post(f"/admin/v1/keys/{old['id']}/rotate", {"grace_hours": 1})
+    assert rotated.status_code == 201 and rotated.json()["rotated_from"] == old["id"]
+    new = rotated.json()["key"]
+    for key in (old["key"], new):  # both work inside the grace window
+        assert (await client.http.post("/v1/chat/completions", json=CHAT,
+                                       headers=bearer(key))).status_code == 200
+    forced = await client.post(f"/admin/v1/keys/{rotated.json()['id']}/rotate",
+                               {"immediate": True})
+    assert (await client.http.get("/v1/models", headers=bearer(new))).status_code == 401
+    newest = forced.json()["key"]
+    assert (await client.post(f"/admin/v1/keys/{forced.json()['id']}/revoke")).status_code == 200
+    assert (await client.http.get("/v1/models", headers=bearer(newest))).status_code == 401
+
+
+async def test_every_admin_act_is_audited(setup) -> None:
+    client, ids = setup["client"], setup["ids"]
+    t = (await client.post("/admin/v1/tenants", {"name": "audited"})).json()
+    await client.http.post(f"/admin/v1/tenants/{t['id']}/projects", json={"name": "x"},
+                           headers=bearer(setup["keys"]["bank/admin"]))  # denied
+    with client.app.state.db.session() as s:
+        events = s.query(AuditEvent).order_by(AuditEvent.seq).all()
+    acts = [(e.action, e.decision) for e in events]
+    assert ("tenant.create", "allow") in acts and ("key.create", "allow") in acts
+    assert ("binding.create", "allow") in acts and ("project.create", "deny") in acts
+    mine = [e for e in events if e.resource == t["id"]]
+    assert mine[0].actor == "prn_platform_admin" and mine[0].request_id
+
+
+async def test_pagination_and_bad_input(setup) -> None:
+    client = setup["client"]
+    first = (await client.get("/admin/v1/tenants?limit=2")).json()
+    assert len(first["data"]) == 2 and first["has_more"]
+    rest = (await client.get(f"/admin/v1/tenants?limit=100&after={first['last_id']}")).json()
+    assert first["last_id"] not in {t["id"] for t in rest["data"]}
+    assert (await client.get("/admin/v1/tenants?limit=0")).status_code == 400
+    assert (await client.post("/admin/v1/tenants", {"name": ""})).status_code == 400
+    dup = await client.post("/admin/v1/tenants", {"name": "bank"})
+    assert dup.status_code == 400 and "already exists" in dup.json()["error"]["message"]
+
+
+async def test_policy_read_and_validate(setup) -> None:
+    client = setup["client"]
+    body = (await client.get("/admin/v1/policy")).json()
+    assert "member" in body["policy"]["roles"] and body["last_error"] is None
+    bad = await client.http.post("/admin/v1/policy/validate", content=b"version: 1\nroles: {x: []}",
+                                 headers=client.auth)
+    assert bad.json()["valid"] is False and "unknown role" in bad.json()["error"]
+    denied = await client.http.get("/admin/v1/policy", headers=bearer(setup["keys"]["bank/admin"]))
+    assert denied.status_code == 403
+
+
+# --- the isolation matrix, generated from the route table --------------------------------
+# Which roles may call each admin action on their OWN tenant's objects. Nobody but the
+# platform admin may ever touch another tenant's. A route whose action is missing here
+# fails the test: every new route needs a decision.
+EXPECTED = {
+    "tenant.create": {"platform_admin"}, "tenant.list": {"platform_admin", "tenant_admin",
+                                                         "member", "guest"},
+    "tenant.read": {"platform_admin", "tenant_admin"},
+    "project.create": {"platform_admin", "tenant_admin"},
+    "project.list": {"platform_admin", "tenant_admin"},
+    "project.update": {"platform_admin", "tenant_admin"},
+    "principal.create": {"platform_admin", "tenant_admin"},
+    "principal.list": {"platform_admin", "tenant_admin"},
+    "binding.create": {"platform_admin", "tenant_admin"},
+    "binding.delete": {"platform_admin", "tenant_admin"},
+    "key.create": {"platform_admin", "tenant_admin"},
+    "key.list": {"platform_admin", "tenant_admin"},
+    "key.rotate": {"platform_admin", "tenant_admin"},
+    "key.revoke": {"platform_admin", "tenant_admin"},
+    "policy.read": {"platform_admin"}, "policy.validate": {"platform_admin"},
+    "engine.read": {"platform_admin"}, "engine.write": {"platform_admin"},
+}
+
+
+async def test_isolation_matrix(setup) -> None:
+    client, ids, keys = setup["client"], setup["ids"], setup["keys"]
+    http = client.http
+    callers = {"platform_admin": client.auth["Authorization"].split()[1],
+               "tenant_admin": keys["bank/admin"], "member": keys["bank/member"],
+               "guest": keys["bank/guest"]}
+    failures = []
+    for method, path, _, action in ROUTES:
+        if not path.startswith("/admin/"):
+            continue
+        assert action in EXPECTED, f"no isolation expectation for {method} {path} ({action})"
+        for side in ("own", "other"):
+            t = "bank" if side == "own" else "hospital"
+            for role, secret in callers.items():
+                n = len(failures) + 1000 * ROUTES.index((method, path, _, action))
+                tag = f"{role}-{side}-{n}"
+                # fresh objects per call, so destructive routes have something to act on
+                prn = (await client.post(f"/admin/v1/tenants/{ids[t]}/principals",
+                                         {"name": f"p-{tag}"})).json()
+                bnd = (await client.post(f"/admin/v1/principals/{prn['id']}/bindings",
+                                         {"role": "guest", "project_id": ids[f"{t}/main"]})).json()
+                key = (await client.post(f"/admin/v1/principals/{prn['id']}/keys", {})).json()
+                url = (path.replace("{tenant}", ids[t]).replace("{project}", ids[f"{t}/main"])
+                       .replace("{principal}", prn["id"]).replace("{binding}", bnd["id"])
+                       .replace("{key}", key["id"]).replace("{model}", MODEL)
+                       .replace("{name}", "embedded"))
+                body: dict = {}
+                if path.endswith(("/tenants", "/projects", "/principals")):
+                    body = {"name": f"n-{tag}"}
+                elif path.endswith("/bindings"):
+                    body = {"role": "member", "project_id": ids[f"{t}/main"]}
+                elif path.endswith("{project}"):
+                    body = {"allowed_models": [MODEL]}
+                r = await http.request(method, url, json=body if method in ("POST", "PATCH")
+                                       else None, headers=bearer(secret))
+                allowed = role in EXPECTED[action] and (side == "own" or role == "platform_admin"
+                                                       or action == "tenant.list")
+                ok = r.status_code < 400 or (r.status_code == 400 and allowed)
+                if allowed != ok or (not allowed and r.status_code not in (403, 404)):
+                    failures.append((role, side, method, path, r.status_code))
+    assert failures == []

@@ -4,7 +4,9 @@ caller's environment are removed and the data directory points at a temporary fo
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -73,3 +75,25 @@ async def api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AppClie
     settings = make_settings(tmp_path_factory.mktemp("api-data"))
     async for client in start_app(settings):
         yield client
+
+
+@contextmanager
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database on 127.0.0.1:5432 (trust auth), dropped afterwards.
+
+    Skips the test, naming what to start, when no PostgreSQL answers."""
+    import psycopg
+
+    try:
+        admin = psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+                                autocommit=True, connect_timeout=3)
+    except psycopg.Error as exc:
+        pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432 ({exc}); start it to run "
+                    "the PostgreSQL tests")
+    name = f"autoglm_test_{secrets.token_hex(4)}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()

@@ -138,6 +138,10 @@ class Settings(BaseSettings):
         description="Admin API key for automation. Unset: one is generated at first start, "
         "printed once, and only its hash is kept.",
     )
+    key_pepper: SecretStr | None = Field(
+        None, description="Secret the API-key hashes are keyed with. Replicas sharing a "
+        "database must share it. Unset: generated into data_dir/secrets/pepper.",
+    )
     dangerously_disable_auth: bool = Field(
         False, description="Serve without any API key check. Never use outside a sandbox."
     )

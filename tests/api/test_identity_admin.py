@@ -8,7 +8,7 @@ import pytest
 
 from autoglm.api.app import ROUTES
 from autoglm.store.models import AuditEvent
-from tests.conftest import MODEL, make_settings, start_app
+from tests.conftest import MODEL, make_settings, pg_database, start_app
 
 pytestmark = pytest.mark.model
 
@@ -19,9 +19,21 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-@pytest.fixture(scope="module")
-async def setup(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict]:
-    async for client in start_app(make_settings(tmp_path_factory.mktemp("idadmin"))):
+async def _app(tmp_path_factory: pytest.TempPathFactory, backend: str) -> AsyncIterator:
+    data = tmp_path_factory.mktemp(f"idadmin-{backend}")
+    if backend == "sqlite":
+        async for client in start_app(make_settings(data)):
+            yield client
+        return
+    with pg_database() as url:
+        async for client in start_app(make_settings(data, database_url=url)):
+            yield client
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+async def setup(request: pytest.FixtureRequest,
+                tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict]:
+    async for client in _app(tmp_path_factory, request.param):
         post = client.post
         w: dict = {"client": client, "ids": {}, "keys": {}}
         for t in ("bank", "hospital"):

@@ -6,22 +6,13 @@ server answers, they skip with a message saying what to start.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from autoglm.store.db import Database
-
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-
-
-def _pg_admin():
-    import psycopg
-
-    return psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres",
-                           autocommit=True, connect_timeout=3)
+from tests.conftest import pg_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -32,18 +23,10 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
         yield database
         database.close()
         return
-    try:
-        admin = _pg_admin()
-    except Exception as exc:  # noqa: BLE001 - any connection failure means: not available
-        pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432 ({exc}); start it to run "
-                    "the PostgreSQL store tests")
-    name = f"autoglm_test_{secrets.token_hex(4)}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    database = Database(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
-    try:
-        database.upgrade()
-        yield database
-    finally:
-        database.close()
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with pg_database() as url:
+        database = Database(url)
+        try:
+            database.upgrade()
+            yield database
+        finally:
+            database.close()

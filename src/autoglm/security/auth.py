@@ -95,7 +95,12 @@ def bootstrap(settings: Settings, announce: Callable[[str, str], None],
         )
         return Authenticator(None)
     secrets_dir = settings.data_dir / "secrets"
-    pepper = keys.load_or_create_pepper(secrets_dir / "pepper")
+    if settings.key_pepper is not None:
+        pepper = settings.key_pepper.get_secret_value().encode()
+        if len(pepper) < 32:
+            raise ConfigError("key_pepper must be at least 32 characters")
+    else:
+        pepper = keys.load_or_create_pepper(secrets_dir / "pepper")
     service = KeyService(db, pepper)
     admin = ensure_platform_admin(db)
     with db.session() as s:

@@ -14,6 +14,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from autoglm import __version__
+from autoglm.cli.identity import keys_app, principals_app, projects_app, tenants_app
 from autoglm.errors import AutoGLMError
 from autoglm.settings import Settings, load_settings
 
@@ -21,6 +22,10 @@ app = typer.Typer(help="Open-AutoGLM: private LLM deployment platform.", no_args
                   pretty_exceptions_enable=False)
 config_app = typer.Typer(help="Inspect settings.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(projects_app, name="projects")
+app.add_typer(principals_app, name="principals")
+app.add_typer(keys_app, name="keys")
 
 ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="YAML settings file.", exists=False)

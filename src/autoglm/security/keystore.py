@@ -63,11 +63,19 @@ class KeyService:
         self.clock = clock
         self.cache_ttl_s = cache_ttl_s
         self._cache: dict[str, tuple[Identity | None, float]] = {}
+        self._pinned: dict[str, Identity] = {}  # in-process tokens: never stored anywhere
+
+    def pin(self, secret: str, identity: Identity) -> None:
+        """Accept ``secret`` for ``identity`` in this process only (the local CLI)."""
+        self._pinned[keys.hash_key(self.pepper, secret)] = identity
 
     # --- lookup (hot path) ------------------------------------------------------------------
     def cached(self, secret: str) -> tuple[bool, Identity | None]:
         """(hit, identity) from memory only; a hit with None means 'known bad'."""
         digest = keys.hash_key(self.pepper, secret)
+        pinned = self._pinned.get(digest)
+        if pinned is not None:
+            return True, pinned
         entry = self._cache.get(digest)
         if entry is None or time.monotonic() - entry[1] > self.cache_ttl_s:
             return False, None

@@ -216,3 +216,14 @@ async def test_isolation_matrix(setup) -> None:
                 if allowed != ok or (not allowed and r.status_code not in (403, 404)):
                     failures.append((role, side, method, path, r.status_code))
     assert failures == []
+
+
+async def test_openapi_describes_every_route(setup) -> None:
+    doc = (await setup["client"].http.get("/openapi.json")).json()
+    assert doc["openapi"].startswith("3.")
+    for method, path, _, action in ROUTES:
+        op = doc["paths"][path.replace("{model:path}", "{model}")][method.lower()]
+        assert op.get("x-autoglm-action") == action
+    key_op = doc["paths"]["/admin/v1/principals/{principal}/keys"]["post"]
+    assert key_op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("KeyIn")
+    assert "KeyIn" in doc["components"]["schemas"]

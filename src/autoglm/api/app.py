@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
-from autoglm.api import admin, health, identity, inference, models
+from autoglm.api import admin, health, identity, inference, models, openapi
 from autoglm.api.errors import autoglm_error_handler, http_exception_handler
 from autoglm.api.metrics import Metrics, metrics_endpoint
 from autoglm.api.middleware import GatewayMiddleware
@@ -72,6 +72,7 @@ ROUTES: list[tuple[str, str, Callable, str | None]] = [
     ("POST", "/admin/v1/keys/{key}/revoke", identity.revoke_key, "key.revoke"),
     ("GET", "/admin/v1/policy", identity.get_policy, "policy.read"),
     ("POST", "/admin/v1/policy/validate", identity.validate_policy, "policy.validate"),
+    ("GET", "/openapi.json", openapi.openapi, None),
     ("GET", "/healthz", health.healthz, None),
     ("GET", "/readyz", health.readyz, None),
     ("GET", "/metrics", metrics_endpoint, None),
@@ -149,4 +150,5 @@ def create_app(
     app.state.authz = Authorizer(PolicyStore(settings.policy_file), db)
     app.state.db = db
     app.state.directory = Directory(db)
+    app.state.openapi = openapi.build(ROUTES)
     return app

@@ -95,6 +95,12 @@ async def test_keys_are_shown_once_and_never_listed(setup) -> None:
     listed = (await client.get(f"/admin/v1/principals/{ids['bank/member']}/keys")).json()
     assert all("key" not in k and "key_hash" not in k for k in listed["data"])
     assert created["id"] in {k["id"] for k in listed["data"]}
+    one = (await client.get(f"/admin/v1/keys/{created['id']}")).json()
+    assert one["id"] == created["id"] and "key" not in one and "key_hash" not in one
+    prn = (await client.get(f"/admin/v1/principals/{ids['bank/member']}")).json()
+    assert prn["bindings"][0]["role"] == "member"
+    proj = (await client.get(f"/admin/v1/projects/{ids['bank/main']}")).json()
+    assert proj["allowed_models"] == [MODEL]
 
 
 async def test_rotate_with_grace_and_revoke_over_http(setup) -> None:
@@ -162,6 +168,9 @@ EXPECTED = {
     "project.create": {"platform_admin", "tenant_admin"},
     "project.list": {"platform_admin", "tenant_admin"},
     "project.update": {"platform_admin", "tenant_admin"},
+    "project.read": {"platform_admin", "tenant_admin"},
+    "principal.read": {"platform_admin", "tenant_admin"},
+    "key.read": {"platform_admin", "tenant_admin"},
     "principal.create": {"platform_admin", "tenant_admin"},
     "principal.list": {"platform_admin", "tenant_admin"},
     "binding.create": {"platform_admin", "tenant_admin"},

@@ -152,6 +152,17 @@ async def list_projects(request: Request) -> JSONResponse:
     return _page(*directory.page(Project, limit=limit, after=after, tenant_id=tid))
 
 
+async def get_project(request: Request) -> JSONResponse:
+    """One project."""
+    _, directory, _ = _ctx(request)
+    pid = request.path_params["project"]
+    project = directory.find(Project, pid)
+    _check(request, "project.read", project.tenant_id if project else "?", resource=pid)
+    if project is None:
+        raise NotFoundError("not found")
+    return JSONResponse(view(project))
+
+
 async def update_project(request: Request) -> JSONResponse:
     _, directory, act = _ctx(request)
     project = directory.find(Project, request.path_params["project"])
@@ -190,6 +201,14 @@ def _principal(request: Request, action: str) -> Principal:
     if prn is None:
         raise NotFoundError("not found")
     return prn
+
+
+async def get_principal(request: Request) -> JSONResponse:
+    """One principal, with its role bindings."""
+    prn = _principal(request, "principal.read")
+    _, directory, _ = _ctx(request)
+    bindings, _more = directory.page(RoleBinding, limit=100, after=None, principal_id=prn.id)
+    return JSONResponse({**view(prn), "bindings": [view(b) for b in bindings]})
 
 
 async def create_binding(request: Request) -> JSONResponse:
@@ -240,6 +259,12 @@ def _key(request: Request, action: str) -> tuple[ApiKey, str | None]:
     if key is None:
         raise NotFoundError("not found")
     return key, tenant
+
+
+async def get_key(request: Request) -> JSONResponse:
+    """One key's record (never its secret)."""
+    key, _ = _key(request, "key.read")
+    return JSONResponse(view(key))
 
 
 async def rotate_key(request: Request) -> JSONResponse:

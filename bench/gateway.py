@@ -94,14 +94,16 @@ class Child:
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} was not started")
         return self.proc.pid
 
     def wait_ready(self, url: str, headers: dict[str, str] | None = None,
                    timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} was not started")
         while time.monotonic() < deadline:
-            assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n"
                                    f"{self.tail()}")

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from autoglm import __version__
 from autoglm.cli.identity import keys_app, principals_app, projects_app, tenants_app
+from autoglm.cli.model import model_app
 from autoglm.errors import AutoGLMError
 from autoglm.settings import Settings, load_settings
 
@@ -26,6 +27,7 @@ app.add_typer(tenants_app, name="tenants")
 app.add_typer(projects_app, name="projects")
 app.add_typer(principals_app, name="principals")
 app.add_typer(keys_app, name="keys")
+app.add_typer(model_app, name="model")
 
 ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="YAML settings file.", exists=False)

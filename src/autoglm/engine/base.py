@@ -66,6 +66,7 @@ class ModelCard:
     owned_by: str
     created: int
     context_length: int
+    verification: dict[str, Any] | None = None  # what the trust check found at load
 
 
 class Engine(Protocol):

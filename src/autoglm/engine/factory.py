@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from autoglm.engine.base import Engine
@@ -11,6 +12,8 @@ from autoglm.engine.llamacpp.client import LlamaCppEngine
 from autoglm.engine.upstream.client import UpstreamEngine
 from autoglm.errors import ConfigError
 from autoglm.settings import Settings
+from autoglm.supply import trust
+from autoglm.supply.registry import Registry
 
 log = logging.getLogger("autoglm.engines")
 
@@ -23,14 +26,36 @@ def build_engines(settings: Settings, run_dir: Path) -> dict[str, Engine]:
         for spec in settings.models:
             if spec.engine == "llamacpp":
                 path, model_id = resolve_model(spec.model_path, spec.id)
-                engines[model_id] = LlamaCppEngine(settings, path, model_id, run_dir)
+                engines[model_id] = _llamacpp(settings, path, model_id, run_dir)
             else:
                 engines[spec.id] = UpstreamEngine(settings, spec)
         return engines
+    if settings.model is not None:
+        settings = _from_registry(settings)
     if settings.engine == "vllm":
         return _managed_vllm(settings, run_dir)
     path, model_id = resolve_model(settings.model_path, settings.model_id)
-    return {model_id: LlamaCppEngine(settings, path, model_id, run_dir)}
+    return {model_id: _llamacpp(settings, path, model_id, run_dir)}
+
+
+def _llamacpp(settings: Settings, path: Path, model_id: str, run_dir: Path) -> LlamaCppEngine:
+    state = trust.check(path, settings.model_trust, settings.data_dir)
+    return LlamaCppEngine(settings, path, model_id, run_dir, verification=state)
+
+
+def _from_registry(settings: Settings) -> Settings:
+    """``--model NAME``: the registered model's files (its GGUF, for llama.cpp)."""
+    entry = Registry(settings.data_dir).get(settings.model or "")
+    root = Path(entry["path"])
+    path = root
+    if settings.engine == "llamacpp" and root.is_dir():
+        ggufs = [f for f in root.iterdir() if f.suffix == ".gguf"]
+        if len(ggufs) != 1:
+            raise ConfigError(f"registered model '{entry['name']}' has {len(ggufs)} GGUF files; "
+                              "llama.cpp needs exactly one (quantize, or pass --model-path)")
+        path = ggufs[0]
+    return settings.model_copy(update={"model_path": path,
+                                       "model_id": settings.model_id or entry["name"]})
 
 
 def _managed_vllm(settings: Settings, run_dir: Path) -> dict[str, Engine]:
@@ -53,5 +78,8 @@ def _managed_vllm(settings: Settings, run_dir: Path) -> dict[str, Engine]:
         log.warning("vLLM cannot run here; serving the GGUF model on llama.cpp instead",
                     extra={"reason": exc.message, "model": model_id})
         path, model_id = resolve_model(path, model_id)
-        return {model_id: LlamaCppEngine(settings, path, model_id, run_dir)}
-    return {model_id: ManagedVllmEngine(settings, path, model_id, groups)}
+        return {model_id: _llamacpp(settings, path, model_id, run_dir)}
+    state = trust.check(path, settings.model_trust, settings.data_dir)
+    engine = ManagedVllmEngine(settings, path, model_id, groups)
+    engine.model = replace(engine.model, verification=state)
+    return {model_id: engine}

@@ -30,13 +30,14 @@ from autoglm.settings import Settings
 
 
 class LlamaCppEngine:
-    def __init__(self, settings: Settings, model_path: Path, model_id: str, run_dir: Path) -> None:
+    def __init__(self, settings: Settings, model_path: Path, model_id: str, run_dir: Path,
+                 verification: dict | None = None) -> None:
         self.settings = settings
         self.model_path = model_path
         self.socket_path = run_dir / f"engine-{model_id}.sock"
         self.model = ModelCard(
             id=model_id, owned_by="autoglm", created=int(time.time()),
-            context_length=settings.ctx_per_slot,
+            context_length=settings.ctx_per_slot, verification=verification,
         )
         self.queue = AdmissionQueue(settings.slots, settings.max_queue, settings.queue_timeout_s)
         argv = python_argv(
@@ -97,6 +98,7 @@ class LlamaCppEngine:
     async def health(self) -> EngineHealth:
         sup = self.supervisor
         detail = {
+            "verification": self.model.verification,
             "pid": sup.pid, "restarts": sup.restarts, "slots": self.settings.slots,
             "busy": self.queue.busy, "queued": self.queue.depth, "last_exit": sup.last_exit,
         }

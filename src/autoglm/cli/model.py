@@ -132,3 +132,25 @@ def model_remove(name: str, config: Config = None) -> None:
         raise _fail(exc.message) from None
     Console(stderr=True).print(f"removed {name} from the registry; files stay at {entry['path']}",
                                highlight=False)
+
+
+@model_app.command("quantize")
+def model_quantize(name: str,
+                   qtype: Annotated[str, typer.Option("--type", help="q8_0, q4_k_m, q4_0, ...")],
+                   out: Annotated[Optional[str], typer.Option(
+                       help="Name of the result (default NAME-TYPE).")] = None,
+                   config: Config = None, as_json: AsJson = False) -> None:
+    """Quantize a registered GGUF model with llama.cpp; the result is registered."""
+    from autoglm.supply.quantize import quantize
+
+    err = Console(stderr=True)
+    try:
+        with err.status(f"quantizing {name} to {qtype} with llama.cpp..."):
+            entry = quantize(_registry(config), name, qtype, out)
+    except AutoGLMError as exc:
+        raise _fail(exc.message) from None
+    if as_json:
+        print(json.dumps(entry, indent=2))
+        return
+    err.print(f"registered {entry['name']} ({entry['manifest']['total_size']:,} bytes); serve it "
+              f"with `autoglm serve --model {entry['name']}`", highlight=False)

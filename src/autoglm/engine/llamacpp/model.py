@@ -33,14 +33,19 @@ def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     """llama.cpp's own log lines are dropped: they are noisy and not JSON."""
 
 
+# llama.cpp keeps the log callback for the whole process, so the ctypes object must live
+# as long (a constant, never changed). Tying it to a model object let llama.cpp call freed
+# memory once that model was collected.
+QUIET_LOG = llama_cpp.llama_log_callback(_quiet_log)
+
+
 class LlamaModel:
     """Model weights, vocabulary, and one multi-sequence context."""
 
     def __init__(self, path: Path, config: ContextConfig) -> None:
         if not path.is_file():
             raise ConfigError(f"model file not found: {path}")
-        self._log_cb = llama_cpp.llama_log_callback(_quiet_log)  # keep a reference alive
-        llama_cpp.llama_log_set(self._log_cb, ctypes.c_void_p(0))
+        llama_cpp.llama_log_set(QUIET_LOG, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
         self.path = path
         self.config = config

@@ -169,6 +169,10 @@ class Settings(BaseSettings):
         "(registered, files match the manifest), 'signed' (and signed by a trusted key), "
         "'any' (nothing; loudly logged).",
     )
+    trusted_keys: list[Path] = Field(
+        default_factory=list, description="Public keys (PEM) whose model signatures are "
+        "trusted when model_trust is 'signed'.",
+    )
     model_id: str | None = Field(
         None, description="Model id clients use. Unset: derived from the model file name."
     )

@@ -75,24 +75,32 @@ def model_add(path: Path, name: Annotated[Optional[str], typer.Option(
 
 
 @model_app.command("verify")
-def model_verify(name: str, config: Config = None, as_json: AsJson = False) -> None:
-    """Re-hash every file; report changed, missing and extra files. Exit 0 only if intact."""
+def model_verify(name: str, pubkey: Annotated[Optional[Path], typer.Option(
+        help="Also check the model's signature with this public key (PEM).")] = None,
+                 config: Config = None, as_json: AsJson = False) -> None:
+    """Re-hash every file; report changed, missing and extra files (and, with --pubkey, the
+    signature). Exit 0 only if intact."""
+    signer = None
     try:
         reg = _registry(config)
         entry = reg.get(name)
         with _hashing(entry["manifest"]["total_size"], f"verifying {name}") as progress:
             result = reg.verify(name, progress=progress)
+        if pubkey is not None and result.intact:
+            from autoglm.supply.signing import verify as verify_signature
+
+            signer = verify_signature(reg, name, pubkey)
     except AutoGLMError as exc:
         raise _fail(exc.message) from None
     report = {"name": name, "intact": result.intact, "changed": result.changed,
-              "missing": result.missing, "extra": result.extra}
+              "missing": result.missing, "extra": result.extra, "signed_by": signer}
     if as_json:
         print(json.dumps(report, indent=2))
     else:
         err = Console(stderr=True)
         if result.intact:
-            err.print(f"{name}: intact ({len(entry['manifest']['files'])} file(s))",
-                      highlight=False)
+            err.print(f"{name}: intact ({len(entry['manifest']['files'])} file(s))"
+                      + (f", signature valid ({signer})" if signer else ""), highlight=False)
         for kind in ("changed", "missing", "extra"):
             for f in report[kind]:
                 err.print(f"{name}: {kind}: {f}", highlight=False)
@@ -154,3 +162,19 @@ def model_quantize(name: str,
         return
     err.print(f"registered {entry['name']} ({entry['manifest']['total_size']:,} bytes); serve it "
               f"with `autoglm serve --model {entry['name']}`", highlight=False)
+
+
+@model_app.command("sign")
+def model_sign(name: str, key: Annotated[Path, typer.Option(
+        help="Elliptic-curve private key (PEM) to sign with.")],
+               config: Config = None) -> None:
+    """Sign a registered model (OpenSSF model-signing, key-based, offline)."""
+    from autoglm.supply.signing import sign
+
+    err = Console(stderr=True)
+    try:
+        with err.status(f"signing {name}..."):
+            entry = sign(_registry(config), name, key)
+    except AutoGLMError as exc:
+        raise _fail(exc.message) from None
+    err.print(f"signed {name} with {entry['signed_by']}", highlight=False)

@@ -39,7 +39,7 @@ def build_engines(settings: Settings, run_dir: Path) -> dict[str, Engine]:
 
 
 def _llamacpp(settings: Settings, path: Path, model_id: str, run_dir: Path) -> LlamaCppEngine:
-    state = trust.check(path, settings.model_trust, settings.data_dir)
+    state = trust.check(path, settings.model_trust, settings.data_dir, settings.trusted_keys)
     return LlamaCppEngine(settings, path, model_id, run_dir, verification=state)
 
 
@@ -79,7 +79,7 @@ def _managed_vllm(settings: Settings, run_dir: Path) -> dict[str, Engine]:
                     extra={"reason": exc.message, "model": model_id})
         path, model_id = resolve_model(path, model_id)
         return {model_id: _llamacpp(settings, path, model_id, run_dir)}
-    state = trust.check(path, settings.model_trust, settings.data_dir)
+    state = trust.check(path, settings.model_trust, settings.data_dir, settings.trusted_keys)
     engine = ManagedVllmEngine(settings, path, model_id, groups)
     engine.model = replace(engine.model, verification=state)
     return {model_id: engine}

@@ -47,6 +47,9 @@ class Registry:
         tmp.write_text(json.dumps(entry, indent=2))
         os.replace(tmp, path)
 
+    def save(self, entry: dict[str, Any]) -> None:
+        self._write(entry["name"], entry)
+
     def get(self, name: str) -> dict[str, Any]:
         try:
             return json.loads(self._entry_path(name).read_text())

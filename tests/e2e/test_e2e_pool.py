@@ -313,7 +313,7 @@ def test_active_probe_marks_an_instance_down_and_back_without_traffic(pool) -> N
 
 
 def test_admin_add_drain_remove_at_run_time_without_dropping_requests(pool) -> None:
-    ups, srv = pool["ups"], pool["srv"]
+    srv = pool["srv"]
     new = Standin("e", pool["work"]).start()
     try:
         with srv.client(auth=True, timeout=15) as http:

@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
 from sqlalchemy import select
 

@@ -53,3 +53,5 @@ def setup_logging(level: str, component: str = "gateway") -> None:
         lg.handlers[:] = []
         lg.propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # our access log has the request id
+    if level.lower() != "debug":  # migrations announce themselves at every start otherwise
+        logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -181,7 +181,45 @@ EXPECTED = {
     "key.revoke": {"platform_admin", "tenant_admin"},
     "policy.read": {"platform_admin"}, "policy.validate": {"platform_admin"},
     "engine.read": {"platform_admin"}, "engine.write": {"platform_admin"},
+    # /v1: using (and seeing) the project's model
+    "inference": {"platform_admin", "tenant_admin", "member"},
+    "model.list": {"platform_admin", "tenant_admin", "member"},
 }
+
+
+async def _v1_allowed(http, method: str, path: str, headers: dict) -> tuple[bool, int]:
+    """(allowed, status) for a /v1 route: a denied model is a 404, or absent from the list."""
+    if path == "/v1/models":
+        r = await http.get(path, headers=headers)
+        return MODEL in {m["id"] for m in r.json()["data"]}, r.status_code
+    if method == "GET":
+        r = await http.get(path.replace("{model:path}", MODEL), headers=headers)
+    elif path.endswith("chat/completions"):
+        r = await http.post(path, json=CHAT, headers=headers)
+    else:
+        r = await http.post(path, json={"model": MODEL, "prompt": "hi", "max_tokens": 2},
+                            headers=headers)
+    return r.status_code == 200, r.status_code
+
+
+async def test_v1_isolation_matrix(setup) -> None:
+    client, ids, keys = setup["client"], setup["ids"], setup["keys"]
+    callers = {"platform_admin": client.auth["Authorization"].split()[1],
+               "tenant_admin": keys["bank/admin"], "member": keys["bank/member"],
+               "guest": keys["bank/guest"]}
+    failures = []
+    for method, path, _, action in ROUTES:
+        if not path.startswith("/v1/"):
+            continue
+        assert action in EXPECTED, f"no isolation expectation for {method} {path} ({action})"
+        for side, t in (("own", "bank"), ("other", "hospital")):
+            for role, secret in callers.items():
+                headers = {**bearer(secret), "OpenAI-Project": ids[f"{t}/main"]}
+                allowed, status = await _v1_allowed(client.http, method, path, headers)
+                expected = role in EXPECTED[action] and (side == "own" or role == "platform_admin")
+                if allowed != expected or status not in (200, 404):
+                    failures.append((role, side, method, path, status))
+    assert failures == []
 
 
 async def test_isolation_matrix(setup) -> None:

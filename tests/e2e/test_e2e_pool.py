@@ -355,6 +355,15 @@ def test_admin_add_drain_remove_at_run_time_without_dropping_requests(pool) -> N
             assert http.post(f"/admin/v1/models/{MODEL}/instances",
                              json={"url": new.url}).status_code == 400
             assert http.post("/admin/v1/models/nope/instances/x/drain").status_code == 404
+        import sqlite3
+
+        with sqlite3.connect(srv.workdir / "data" / "autoglm.db") as db:
+            acts = [r[0] for r in db.execute(
+                "SELECT action FROM audit_events WHERE action LIKE 'engine.instance.%' "
+                "ORDER BY seq")]
+        assert acts[:5] == ["engine.instance.add", "engine.instance.drain",
+                            "engine.instance.resume", "engine.instance.drain",
+                            "engine.instance.remove"]
     finally:
         new.kill()
 

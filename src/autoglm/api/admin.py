@@ -13,20 +13,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from autoglm.api.guard import check, record
 from autoglm.api.inference import read_json
+from autoglm.api.schemas import parse
 from autoglm.engine.upstream.client import UpstreamEngine
 from autoglm.engine.upstream.router import Instance
 from autoglm.errors import InvalidRequestError, ModelNotFoundError, NotFoundError
-from autoglm.security.policy import Resource
 from autoglm.settings import InstanceSpec
 
 
-def _require(request: Request, action: str) -> None:
-    request.app.state.authz.require(request.scope["state"]["principal"], action, Resource())
 
 
 def _engine_view(model: str, engine: Any) -> dict[str, Any]:
@@ -46,15 +44,15 @@ def _engine_view(model: str, engine: Any) -> dict[str, Any]:
 
 
 async def list_engines(request: Request) -> JSONResponse:
-    _require(request, "engine.read")
+    check(request, "engine.read", None, resource="engines")
     engines = request.app.state.engines
     return JSONResponse({"object": "list",
                          "data": [_engine_view(m, e) for m, e in engines.items()]})
 
 
 def _pool(request: Request) -> UpstreamEngine:
-    _require(request, "engine.write")
     model = request.path_params["model"]
+    check(request, "engine.write", None, resource=model)
     engine = request.app.state.engines.get(model)
     if engine is None:
         raise ModelNotFoundError(f"The model '{model}' does not exist.", param="model")
@@ -74,17 +72,12 @@ def _instance(engine: UpstreamEngine, name: str) -> Instance:
 
 async def add_instance(request: Request) -> JSONResponse:
     engine = _pool(request)
-    _, data = await read_json(request)
-    try:
-        spec = InstanceSpec.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise InvalidRequestError(f"Invalid value for '{loc}': {err['msg']}", param=loc) from None
+    spec: InstanceSpec = parse(InstanceSpec, (await read_json(request))[1])
     try:
         inst = engine.router.add(spec)
     except ValueError as exc:
         raise InvalidRequestError(str(exc), param="name") from None
+    record(request, "engine.instance.add", engine.model.id, {"instance": inst.name})
     return JSONResponse(inst.describe(engine.router.clock(), with_url=True), status_code=201)
 
 
@@ -92,6 +85,7 @@ async def drain_instance(request: Request) -> JSONResponse:
     engine = _pool(request)
     inst = _instance(engine, request.path_params["name"])
     engine.router.drain(inst)
+    record(request, "engine.instance.drain", engine.model.id, {"instance": inst.name})
     return JSONResponse(inst.describe(engine.router.clock(), with_url=True))
 
 
@@ -99,6 +93,7 @@ async def resume_instance(request: Request) -> JSONResponse:
     engine = _pool(request)
     inst = _instance(engine, request.path_params["name"])
     engine.router.resume(inst)
+    record(request, "engine.instance.resume", engine.model.id, {"instance": inst.name})
     return JSONResponse(inst.describe(engine.router.clock(), with_url=True))
 
 
@@ -106,6 +101,7 @@ async def remove_instance(request: Request) -> JSONResponse:
     engine = _pool(request)
     inst = _instance(engine, request.path_params["name"])
     engine.router.remove(inst)
+    record(request, "engine.instance.remove", engine.model.id, {"instance": inst.name})
     view = inst.describe(engine.router.clock(), with_url=True)
     view["removed"] = inst not in engine.router.instances
     return JSONResponse(view, status_code=200 if view["removed"] else 202)

@@ -9,6 +9,7 @@ refusals too. Lists are keyset-paginated: ``?limit=`` (1-100, default 20) and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,11 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from autoglm.api.guard import check as _check
+from autoglm.api.guard import ctx as _ctx
 from autoglm.api.inference import read_json
 from autoglm.api.schemas import parse
-from autoglm.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from autoglm.errors import InvalidRequestError, NotFoundError
 from autoglm.security.policy import Resource, parse_policy
-from autoglm.store.directory import Act, Directory, view
+from autoglm.store.directory import Directory, view
 from autoglm.store.models import ApiKey, Principal, Project, RoleBinding, Tenant
 
 
@@ -67,25 +70,17 @@ class RotateIn(BaseModel):
     immediate: bool = False
 
 
-# --- the shared checks ----------------------------------------------------------------------
-def _ctx(request: Request) -> tuple[Any, Directory, Act]:
-    state = request.scope["state"]
-    identity = state["principal"]
-    return identity, request.app.state.directory, Act(identity.id, state.get("request_id"))
-
-
-def _check(request: Request, action: str, tenant_id: str | None,
-           project_id: str | None = None, resource: str = "") -> None:
-    identity, directory, act = _ctx(request)
-    authz = request.app.state.authz
-    if authz.allows(identity, action, Resource(tenant_id=tenant_id, project_id=project_id)):
-        return
-    standing = any(b.tenant_id is None or b.tenant_id == tenant_id for b in identity.bindings)
-    status = 403 if standing and tenant_id is not None or tenant_id is None else 404
-    directory.record_denial(act, action, resource or (tenant_id or "platform"), tenant_id, status)
-    if status == 404:
+def _owned(request: Request, model: type, param: str, action: str,
+           tenant_of: Callable[[Any], str | None] = lambda row: row.tenant_id) -> Any:
+    """The object named by path parameter ``param``, if the caller may do ``action`` on it.
+    A missing object is checked against a tenant nobody has, so it answers exactly like an
+    object of another tenant."""
+    id_ = request.path_params[param]
+    row = _ctx(request)[1].find(model, id_)
+    _check(request, action, tenant_of(row) if row is not None else "?", resource=id_)
+    if row is None:
         raise NotFoundError("not found")
-    raise PermissionDeniedError(f"not allowed: {action}")
+    return row
 
 
 def _page_args(request: Request) -> tuple[int, str | None]:
@@ -154,22 +149,12 @@ async def list_projects(request: Request) -> JSONResponse:
 
 async def get_project(request: Request) -> JSONResponse:
     """One project."""
-    _, directory, _ = _ctx(request)
-    pid = request.path_params["project"]
-    project = directory.find(Project, pid)
-    _check(request, "project.read", project.tenant_id if project else "?", resource=pid)
-    if project is None:
-        raise NotFoundError("not found")
-    return JSONResponse(view(project))
+    return JSONResponse(view(_owned(request, Project, "project", "project.read")))
 
 
 async def update_project(request: Request) -> JSONResponse:
+    project = _owned(request, Project, "project", "project.update")
     _, directory, act = _ctx(request)
-    project = directory.find(Project, request.path_params["project"])
-    _check(request, "project.update", project.tenant_id if project else "?",
-           resource=request.path_params["project"])
-    if project is None:
-        raise NotFoundError("not found")
     body: ProjectPatch = parse(ProjectPatch, (await read_json(request))[1])
     return JSONResponse(view(directory.update_project(act, project.id, body.allowed_models)))
 
@@ -194,13 +179,7 @@ async def list_principals(request: Request) -> JSONResponse:
 
 
 def _principal(request: Request, action: str) -> Principal:
-    _, directory, _ = _ctx(request)
-    pid = request.path_params["principal"]
-    prn = directory.find(Principal, pid)
-    _check(request, action, prn.tenant_id if prn else "?", resource=pid)
-    if prn is None:
-        raise NotFoundError("not found")
-    return prn
+    return _owned(request, Principal, "principal", action)
 
 
 async def get_principal(request: Request) -> JSONResponse:
@@ -220,13 +199,11 @@ async def create_binding(request: Request) -> JSONResponse:
 
 
 async def delete_binding(request: Request) -> JSONResponse:
-    _, directory, act = _ctx(request)
-    bid = request.path_params["binding"]
-    b = directory.find(RoleBinding, bid)
-    _check(request, "binding.delete", b.tenant_id if b else "?", resource=bid)
-    if b is None or b.tenant_id is None:  # platform bindings are not managed here
+    b = _owned(request, RoleBinding, "binding", "binding.delete")
+    if b.tenant_id is None:  # platform bindings are not managed here
         raise NotFoundError("not found")
-    return JSONResponse(view(directory.unbind(act, bid)))
+    _, directory, act = _ctx(request)
+    return JSONResponse(view(directory.unbind(act, b.id)))
 
 
 # --- keys -------------------------------------------------------------------------------------
@@ -251,14 +228,10 @@ async def list_keys(request: Request) -> JSONResponse:
 
 
 def _key(request: Request, action: str) -> tuple[ApiKey, str | None]:
-    _, directory, _ = _ctx(request)
-    kid = request.path_params["key"]
-    key = directory.find(ApiKey, kid)
-    tenant = directory.find(Principal, key.principal_id).tenant_id if key else "?"
-    _check(request, action, tenant, resource=kid)
-    if key is None:
-        raise NotFoundError("not found")
-    return key, tenant
+    directory = _ctx(request)[1]
+    key = _owned(request, ApiKey, "key", action,
+                 tenant_of=lambda k: directory.tenant_of_principal(k.principal_id))
+    return key, directory.tenant_of_principal(key.principal_id)
 
 
 async def get_key(request: Request) -> JSONResponse:

@@ -169,10 +169,19 @@ class Directory:
 
     def record_denial(self, act: Act, action: str, resource: str, tenant: str | None,
                       status: int) -> None:
+        self._record(act, action, resource, tenant, "deny", status, {})
+
+    def record_act(self, act: Act, action: str, resource: str, tenant: str | None,
+                   detail: dict[str, Any]) -> None:
+        """An allowed act whose change is not in this store (e.g. an engine instance)."""
+        self._record(act, action, resource, tenant, "allow", 200, detail)
+
+    def _record(self, act: Act, action: str, resource: str, tenant: str | None, decision: str,
+                status: int, detail: dict[str, Any]) -> None:
         with self.db.session() as s, s.begin():
             s.add(AuditEvent(actor=act.actor, tenant_id=tenant, action=action, resource=resource,
-                             decision="deny", status=status, request_id=act.request_id,
-                             detail={}))
+                             decision=decision, status=status, request_id=act.request_id,
+                             detail=detail))
 
     def events(self, *, tenant_id: str | None = None, limit: int = 100) -> list[AuditEvent]:
         with self.db.session() as s:

@@ -1,0 +1,46 @@
+"""The admin routes' one authorization-and-audit step.
+
+``check`` asks the policy (``Authorizer``) and records a refusal in the audit trail. A
+refusal is a 404 when the caller has no standing in the object's tenant (so ids of
+another tenant cannot be told from ids that do not exist), and a 403 otherwise, which
+includes every platform-level resource. ``record`` writes an allowed act that the store
+does not write itself (engine changes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+
+from autoglm.errors import NotFoundError, PermissionDeniedError
+from autoglm.security.policy import Resource
+from autoglm.store.directory import Act, Directory
+
+
+def ctx(request: Request) -> tuple[Any, Directory, Act]:
+    state = request.scope["state"]
+    identity = state["principal"]
+    return identity, request.app.state.directory, Act(identity.id, state.get("request_id"))
+
+
+def check(request: Request, action: str, tenant_id: str | None,
+          project_id: str | None = None, resource: str = "") -> None:
+    identity, directory, act = ctx(request)
+    if request.app.state.authz.allows(identity, action,
+                                      Resource(tenant_id=tenant_id, project_id=project_id)):
+        return
+    if tenant_id is None:
+        status = 403  # a platform resource: nothing to hide
+    else:
+        standing = any(b.tenant_id in (None, tenant_id) for b in identity.bindings)
+        status = 403 if standing else 404
+    directory.record_denial(act, action, resource or (tenant_id or "platform"), tenant_id, status)
+    if status == 404:
+        raise NotFoundError("not found")
+    raise PermissionDeniedError(f"not allowed: {action}")
+
+
+def record(request: Request, action: str, resource: str, detail: dict[str, Any]) -> None:
+    _, directory, act = ctx(request)
+    directory.record_act(act, action, resource, None, detail)

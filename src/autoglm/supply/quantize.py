@@ -51,9 +51,7 @@ def quantize(registry: Registry, name: str, qtype: str, out_name: str | None = N
         raise ConfigError(f"model '{name}' no longer matches its manifest; run "
                           f"`autoglm model verify {name}`")
     out_name = out_name or f"{name}-{qtype.lower()}"
-    registry._entry_path(out_name)  # validates the name before any work
-    if (registry.dir / f"{out_name}.json").exists():
-        raise ConfigError(f"a model named '{out_name}' is already registered")
+    registry.ensure_free(out_name)  # before any work
     out_dir = registry.dir / "files" / out_name
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = source.name.removesuffix(".gguf").split(".")[0]

@@ -40,6 +40,11 @@ class Registry:
             raise ConfigError(f"invalid model name '{name}': use letters, digits, . _ -")
         return self.dir / f"{name}.json"
 
+    def ensure_free(self, name: str) -> None:
+        """A valid name that no registered model uses yet; ConfigError otherwise."""
+        if self._entry_path(name).exists():
+            raise ConfigError(f"a model named '{name}' is already registered")
+
     def _write(self, name: str, entry: dict[str, Any]) -> None:
         path = self._entry_path(name)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -67,8 +72,7 @@ class Registry:
         if not root.exists():
             raise ConfigError(f"model path not found: {root}")
         name = name or root.name.removesuffix(".gguf")
-        if self._entry_path(name).exists():
-            raise ConfigError(f"a model named '{name}' is already registered")
+        self.ensure_free(name)
         manifest = mf.build(root, source=source, revision=revision, progress=progress)
         if not manifest["files"]:
             raise ConfigError(f"{root} holds no files")

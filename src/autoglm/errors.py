@@ -136,3 +136,23 @@ class UpstreamTimeoutError(AutoGLMError):
     status = 504
     type = "server_error"
     code = "upstream_timeout"
+
+
+class IntegrityError(AutoGLMError):
+    """Bytes that differ from the hash they must have (a download, a model, a bundle)."""
+
+    code = "integrity_mismatch"
+
+
+class StorageFullError(AutoGLMError):
+    """Not enough disk space for what was asked."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
+class HubError(AutoGLMError):
+    """A model hub or mirror could not be reached, or answered something unusable."""
+
+    status = 502
+    code = "hub_error"

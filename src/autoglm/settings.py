@@ -176,6 +176,17 @@ class Settings(BaseSettings):
     model_id: str | None = Field(
         None, description="Model id clients use. Unset: derived from the model file name."
     )
+    pull_retries: int = Field(
+        6, ge=0, le=100, description="`model pull`: tries again this many times after a "
+        "transient error (429, 5xx, connection reset), with exponential backoff.",
+    )
+    pull_backoff_s: float = Field(
+        1.0, ge=0, description="`model pull`: the first backoff delay; it doubles (with "
+        "jitter, at most 60 s), and a hub's Retry-After is honoured.",
+    )
+    pull_timeout_s: float = Field(
+        60.0, gt=0, description="`model pull`: connect and read timeout of each request.",
+    )
     slots: int = Field(4, ge=1, le=64, description="Sequences the engine decodes together.")
     ctx_per_slot: int = Field(
         2048, ge=64, description="Context length (prompt + answer tokens) of each slot."

@@ -24,7 +24,8 @@ from autoglm.settings import load_settings
 from autoglm.supply import manifest as mf
 from autoglm.supply.registry import Registry
 
-model_app = typer.Typer(help="Models: register, verify, list, remove.", no_args_is_help=True)
+model_app = typer.Typer(help="Models: pull, register, verify, sign, quantize, list, remove.",
+                        no_args_is_help=True)
 Config = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML settings file.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -178,3 +179,89 @@ def model_sign(name: str, key: Annotated[Path, typer.Option(
     except AutoGLMError as exc:
         raise _fail(exc.message) from None
     err.print(f"signed {name} with {entry['signed_by']}", highlight=False)
+
+
+class _PullProgress:
+    """Rich progress for ``model pull``: one bar over all bytes, with speed and ETA, on
+    stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self) -> None:
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.bar: Progress | None = None
+        self.task = None
+
+    def waiting(self, name: str) -> None:
+        self.console.print(f"another pull of {name} is running; waiting for it to finish...")
+
+    def start(self, snap, files, on_disk: int) -> None:
+        total = sum(f.size for f in files)
+        self.console.print(f"pulling {snap.repo}@{snap.revision} (commit {snap.commit[:12]}) "
+                           f"from {snap.source}: {len(files)} file(s), {total:,} bytes"
+                           + (f"; {on_disk:,} already on disk, not fetched again"
+                              if on_disk else ""))
+        if self.console.is_terminal:
+            self.bar = Progress("[progress.description]{task.description}", BarColumn(),
+                                DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                                console=self.console)
+            self.bar.start()
+            self.task = self.bar.add_task("downloading", total=total, completed=on_disk)
+
+    def advance(self, path: str, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=n, description=path[-40:])
+
+    def retrying(self, what: str, why: str, delay: float) -> None:
+        self.console.print(f"[yellow]{what}: {why}; trying again in {delay:.1f} s[/]")
+
+    def done(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+@model_app.command("pull")
+def model_pull(repo: Annotated[str, typer.Argument(help="Repository, ORG/NAME.")],
+               revision: Annotated[Optional[str], typer.Option(
+                   help="Branch, tag or commit (default: main on hf, master on modelscope).")
+               ] = None,
+               source: Annotated[str, typer.Option(help="hf or modelscope.")] = "hf",
+               endpoint: Annotated[Optional[str], typer.Option(
+                   help="Hub or mirror URL (default: $HF_ENDPOINT / $MODELSCOPE_ENDPOINT, "
+                   "else the public hub).")] = None,
+               include: Annotated[Optional[list[str]], typer.Option(
+                   help="Only files matching this glob (repeatable), e.g. '*Q4_K_M.gguf'.")
+               ] = None,
+               name: Annotated[Optional[str], typer.Option(
+                   help="Registry name (default: the repository's name).")] = None,
+               config: Config = None, as_json: AsJson = False) -> None:
+    """Download a model from a hub or mirror, check every file against the hub's hashes,
+    and register it. Run it again after an interruption: it resumes."""
+    from autoglm.supply.pull import Puller, PullRequest
+
+    reporter = _PullProgress()
+    try:
+        settings = load_settings(config)
+        puller = Puller(Registry(settings.data_dir), retries=settings.pull_retries,
+                        backoff_s=settings.pull_backoff_s, timeout_s=settings.pull_timeout_s,
+                        reporter=reporter)
+        result = puller.pull(PullRequest(repo=repo, source=source, revision=revision,
+                                         endpoint=endpoint, include=list(include or []),
+                                         name=name))
+    except AutoGLMError as exc:
+        raise _fail(exc.message) from None
+    finally:
+        reporter.done()
+    entry = result.entry
+    if as_json:
+        print(json.dumps({"entry": entry, "fetched": result.fetched, "resumed": result.resumed,
+                          "up_to_date": result.up_to_date}, indent=2))
+        return
+    if result.up_to_date:
+        reporter.console.print(f"{entry['name']} is already pulled at {entry['revision'][:12]}; "
+                               "nothing to do")
+        return
+    reporter.console.print(
+        f"registered {entry['name']}: {len(entry['manifest']['files'])} file(s), "
+        f"{entry['manifest']['total_size']:,} bytes, every file matches the hub's hashes "
+        f"({result.fetched:,} bytes fetched, {result.resumed:,} resumed from disk); serve it "
+        f"with `autoglm serve --model {entry['name']}`")

@@ -36,9 +36,13 @@ class Registry:
         self.dir = data_dir / "models"
 
     def _entry_path(self, name: str) -> Path:
+        self.check_name(name)
+        return self.dir / f"{name}.json"
+
+    @staticmethod
+    def check_name(name: str) -> None:
         if not _NAME.match(name):
             raise ConfigError(f"invalid model name '{name}': use letters, digits, . _ -")
-        return self.dir / f"{name}.json"
 
     def ensure_free(self, name: str) -> None:
         """A valid name that no registered model uses yet; ConfigError otherwise."""
@@ -76,6 +80,11 @@ class Registry:
         manifest = mf.build(root, source=source, revision=revision, progress=progress)
         if not manifest["files"]:
             raise ConfigError(f"{root} holds no files")
+        return self.register(name, root, manifest, source=source, revision=revision)
+
+    def register(self, name: str, root: Path, manifest: dict[str, Any], *, source: str,
+                 revision: str | None) -> dict[str, Any]:
+        """Record a model whose manifest was just built from its checked bytes."""
         fmt, quant = _describe_format(root)
         entry = {"name": name, "path": str(root), "source": source, "revision": revision,
                  "format": fmt, "quantization": quant, "manifest": manifest,

@@ -1,0 +1,236 @@
+"""``autoglm model pull``: a model from a hub or mirror into the registry.
+
+Files are fetched into ``data_dir/models/.incoming/<name>/`` and only moved to
+``data_dir/models/store/<name>/`` and registered once every one of them matches the hash
+the hub publishes; until then nothing in the registry points at them, so a half-written
+model never looks complete. ``.incoming/<name>.json`` remembers the revision and the files
+already checked: run the same command again after an interruption (network cut, SIGKILL,
+disk full) and it resumes where it stopped. An exclusive lock on ``<name>.lock`` makes a
+second pull of the same model wait for the first instead of writing the same files.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import fnmatch
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from autoglm import __version__
+from autoglm.errors import ConfigError, NotFoundError, StorageFullError
+from autoglm.supply import manifest as mf
+from autoglm.supply.hubs import RemoteFile, Snapshot, hub_for
+from autoglm.supply.registry import Registry
+from autoglm.supply.transfer import Backoff, fetch
+
+STATE_VERSION = 1
+
+
+class Reporter(Protocol):
+    def waiting(self, name: str) -> None: ...
+    def start(self, snap: Snapshot, files: list[RemoteFile], on_disk: int) -> None: ...
+    def advance(self, path: str, n: int) -> None: ...
+    def retrying(self, what: str, why: str, delay: float) -> None: ...
+    def done(self) -> None: ...
+
+
+class Quiet:
+    def waiting(self, name: str) -> None: ...
+    def start(self, snap: Snapshot, files: list[RemoteFile], on_disk: int) -> None: ...
+    def advance(self, path: str, n: int) -> None: ...
+    def retrying(self, what: str, why: str, delay: float) -> None: ...
+    def done(self) -> None: ...
+
+
+@dataclass
+class PullRequest:
+    repo: str
+    source: str = "hf"
+    revision: str | None = None
+    endpoint: str | None = None
+    include: list[str] = field(default_factory=list)
+    name: str | None = None
+
+
+@dataclass
+class PullResult:
+    entry: dict[str, Any]
+    fetched: int  # bytes downloaded by this run
+    resumed: int  # bytes found on disk from an earlier run and not fetched again
+    up_to_date: bool = False
+
+
+def _valid_repo(repo: str) -> str:
+    parts = repo.strip("/").split("/")
+    if len(parts) != 2 or not all(parts) or any(p in (".", "..") for p in parts):
+        raise ConfigError(f"repository '{repo}' should look like ORG/NAME")
+    return "/".join(parts)
+
+
+class Puller:
+    def __init__(self, registry: Registry, *, retries: int = 6, backoff_s: float = 1.0,
+                 timeout_s: float = 60.0, reporter: Reporter | None = None) -> None:
+        self.registry = registry
+        self.reporter = reporter or Quiet()
+        self.backoff = Backoff(retries=retries, base=backoff_s, on_retry=self.reporter.retrying)
+        self.timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 15.0))
+        self.incoming = registry.dir / ".incoming"
+        self.store = registry.dir / "store"
+
+    @contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        with (self.incoming / f"{name}.lock").open("a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.reporter.waiting(name)
+                fcntl.flock(fh, fcntl.LOCK_EX)  # the kernel drops it if its holder dies
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def pull(self, req: PullRequest) -> PullResult:
+        repo = _valid_repo(req.repo)
+        hub = hub_for(req.source, req.endpoint)
+        name = req.name or repo.split("/")[-1]
+        self.registry.check_name(name)
+        with self._locked(name), httpx.Client(
+                timeout=self.timeout, follow_redirects=True,
+                headers={"user-agent": f"autoglm/{__version__}"}) as http:
+            snap = hub.snapshot(http, self.backoff, repo, req.revision or hub.default_revision)
+            source = f"{snap.source}:{repo}"
+            existing = self._registered(name)
+            if existing is not None:
+                if existing.get("source") == source and existing.get("revision") == snap.commit:
+                    return PullResult(existing, 0, 0, up_to_date=True)
+                raise ConfigError(f"a model named '{name}' is already registered (from "
+                                  f"{existing.get('source')}); pass --name, or `autoglm model "
+                                  f"remove {name}` first")
+            files = [f for f in snap.files
+                     if not req.include or any(fnmatch.fnmatch(f.path, g) for g in req.include)]
+            if not files:
+                raise ConfigError(f"no file of {repo}@{snap.revision} matches --include "
+                                  f"{' '.join(req.include)}" if req.include
+                                  else f"{repo}@{snap.revision} has no files")
+            return self._download(http, hub, snap, files, name, source)
+
+    def _registered(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self.registry.get(name)
+        except NotFoundError:
+            return None
+
+    def _download(self, http: httpx.Client, hub: Any, snap: Snapshot, files: list[RemoteFile],
+                  name: str, source: str) -> PullResult:
+        staging, state_path = self.incoming / name, self.incoming / f"{name}.json"
+        final = self.store / name
+        if final.exists():  # moved, but stopped before it was registered: check it again
+            shutil.rmtree(staging, ignore_errors=True)
+            os.replace(final, staging)
+        state = self._state(state_path, staging, source, snap, files)
+        wanted = {f.path for f in files}
+        for path in list(state["done"]):
+            if path not in wanted or not (staging / path).is_file():
+                del state["done"][path]
+        on_disk = sum(min(_size(staging / (f.path + ".part")), f.size) for f in files
+                      if f.path not in state["done"]) + sum(
+            f.size for f in files if f.path in state["done"])
+        self._check_space(staging, sum(f.size for f in files) - on_disk, snap.repo)
+        self.reporter.start(snap, files, on_disk)
+        fetched = 0
+        for f in files:
+            if f.path in state["done"]:
+                continue
+            dest = staging / f.path
+            if staging.resolve() not in dest.resolve().parents:
+                raise ConfigError(f"the hub listed an unsafe file name: {f.path!r}")
+            before = _size(dest.with_name(dest.name + ".part"))
+
+            def advance(n: int, path: str = f.path) -> None:
+                self.reporter.advance(path, n)
+
+            digest = fetch(http, self.backoff, hub.file_url(snap, f.path), hub.headers,
+                           path=f.path, size=f.size, sha256=f.sha256, git_sha1=f.git_sha1,
+                           dest=dest, progress=advance)
+            fetched += f.size - min(before, f.size)
+            state["done"][f.path] = {"sha256": digest, "size": f.size}
+            _write_json(state_path, state)
+        self.reporter.done()
+        return PullResult(self._finish(staging, state_path, state, snap, name, source),
+                          fetched, on_disk)
+
+    def _state(self, state_path: Path, staging: Path, source: str, snap: Snapshot,
+               files: list[RemoteFile]) -> dict[str, Any]:
+        try:
+            state = json.loads(state_path.read_text())
+        except (OSError, ValueError):
+            state = None
+        if not state or state.get("source") != source or state.get("commit") != snap.commit:
+            shutil.rmtree(staging, ignore_errors=True)  # another model or revision: start over
+            state = {"version": STATE_VERSION, "source": source, "commit": snap.commit,
+                     "done": {}}
+        staging.mkdir(parents=True, exist_ok=True)
+        state["files"] = {f.path: {"size": f.size, "sha256": f.sha256} for f in files}
+        _write_json(state_path, state)
+        return state
+
+    @staticmethod
+    def _check_space(where: Path, needed: int, repo: str) -> None:
+        free = shutil.disk_usage(where).free
+        if needed > free:
+            raise StorageFullError(f"not enough disk space for {repo}: {_human(needed)} still "
+                                   f"to fetch, {_human(free)} free in {where}")
+
+    def _finish(self, staging: Path, state_path: Path, state: dict[str, Any], snap: Snapshot,
+                name: str, source: str) -> dict[str, Any]:
+        listed = state["done"]
+        for path in mf.model_files(staging):  # leftovers of an older run are not the model
+            if path.relative_to(staging).as_posix() not in listed:
+                path.unlink()
+        manifest = {"version": mf.MANIFEST_VERSION, "created_at": datetime.now(UTC).isoformat(),
+                    "source": source, "revision": snap.commit,
+                    "files": [{"path": p, "size": d["size"], "sha256": d["sha256"]}
+                              for p, d in sorted(listed.items())],
+                    "total_size": sum(d["size"] for d in listed.values())}
+        self.store.mkdir(parents=True, exist_ok=True)
+        final = self.store / name
+        os.replace(staging, final)
+        entry = self.registry.register(name, final, manifest, source=source,
+                                       revision=snap.commit)
+        state_path.unlink(missing_ok=True)
+        return entry
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n} B"
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w") as fh:
+        json.dump(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

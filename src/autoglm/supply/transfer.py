@@ -191,7 +191,7 @@ def fetch(http: httpx.Client, backoff: Backoff, url: str, headers: dict[str, str
             got = 0
             try:
                 with part.open("ab") as fh:
-                    for chunk in r.iter_bytes(CHUNK):
+                    for chunk in r.iter_bytes():  # as received: nothing lost on a cut
                         fh.write(chunk)
                         partial.update(chunk)
                         got += len(chunk)

@@ -79,8 +79,10 @@ class ServerProcess:
         tls: tuple[Path, Path] | None = None,
         verify: ssl.SSLContext | bool = True,
         name: str = "server",
+        executable: Path = AUTOGLM,
     ) -> None:
         self.workdir = workdir
+        self.executable = executable
         self.name = name
         self.extra_args = list(args or [])
         self.env = base_env(**(env or {}))
@@ -130,7 +132,7 @@ class ServerProcess:
         raise RuntimeError(f"could not bind a free port three times: {last_error}")
 
     def _spawn(self) -> None:
-        argv = [str(AUTOGLM), "serve", "--host", "127.0.0.1", "--port", str(self.port),
+        argv = [str(self.executable), "serve", "--host", "127.0.0.1", "--port", str(self.port),
                 "--data-dir", str(self.workdir / "data"), *self.extra_args]
         if self.tls:
             argv += ["--ssl-certfile", str(self.tls[0]), "--ssl-keyfile", str(self.tls[1])]

@@ -14,6 +14,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from autoglm import __version__
+from autoglm.cli.bundle import bundle_app
 from autoglm.cli.identity import keys_app, principals_app, projects_app, tenants_app
 from autoglm.cli.model import model_app
 from autoglm.errors import AutoGLMError
@@ -28,6 +29,7 @@ app.add_typer(projects_app, name="projects")
 app.add_typer(principals_app, name="principals")
 app.add_typer(keys_app, name="keys")
 app.add_typer(model_app, name="model")
+app.add_typer(bundle_app, name="bundle")
 
 ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="YAML settings file.", exists=False)

@@ -93,3 +93,20 @@ def verify(root: Path, manifest: dict[str, Any], *, full: bool = True,
             result.changed.append(rel)
     result.extra = sorted(set(present) - set(listed))
     return result
+
+
+def copy_file(src: Path, dst: Path, progress: Progress | None = None) -> str:
+    """Copy a file and return the SHA-256 of the bytes written (one pass over them)."""
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with src.open("rb", buffering=0) as fin, dst.open("wb") as fout:
+        while n := fin.readinto(buf):
+            h.update(view[:n])
+            fout.write(view[:n])
+            if progress is not None:
+                progress(n)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return h.hexdigest()

@@ -69,18 +69,23 @@ def sign(registry: Registry, name: str, private_key: Path) -> dict[str, Any]:
 
 def verify(registry: Registry, name: str, public_key: Path) -> str:
     """Full check: re-hash the files and verify the signature. Returns the signer."""
-    import model_signing
-
     entry = registry.get(name)
     sig = signature_path(registry, name)
     if not sig.is_file():
         raise ConfigError(f"model '{name}' has no signature (`autoglm model sign {name}`)")
+    return verify_files(Path(entry["path"]), sig, public_key, name)
+
+
+def verify_files(model: Path, sig: Path, public_key: Path, name: str) -> str:
+    """Re-hash a model's files and check its signature with a key; the signer."""
+    import model_signing
+
     if not public_key.is_file():
         raise ConfigError(f"public key not found: {public_key}")
     try:
         model_signing.verifying.Config().use_elliptic_key_verifier(
-            public_key=public_key).verify(entry["path"], sig)
-    except Exception as exc:  # noqa: BLE001
+            public_key=public_key).verify(model, sig)
+    except Exception as exc:  # noqa: BLE001 - the library raises many kinds; one clear line
         raise ConfigError(f"signature of '{name}' does not verify: {exc}") from None
     return fingerprint_public(public_key.read_bytes())
 

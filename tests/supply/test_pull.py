@@ -282,3 +282,15 @@ async def test_a_pulled_gguf_is_served_by_name(tmp_path: Path) -> None:
             "model": "smol", "max_tokens": 4,
             "messages": [{"role": "user", "content": "Say hi"}]})
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+
+
+def test_a_removed_model_pulled_again_reuses_its_checked_files(hub, registry) -> None:
+    puller(registry).pull(PullRequest(REPO, endpoint=hub.url))
+    registry.remove("tiny-model")  # the files stay in the store
+    stored = registry.dir / "store" / "tiny-model"
+    (stored / "config.json").write_text('{"changed": true}')  # this one must come again
+    hub.control(reset_stats=True)
+    result = puller(registry).pull(PullRequest(REPO, endpoint=hub.url))
+    assert [r["path"] for r in hub.requests()] == ["config.json"]
+    assert result.fetched == len(hub.files["config.json"])
+    assert registry.verify("tiny-model").intact

@@ -98,7 +98,8 @@ def _wheels(dest: Path, log: Log) -> None:
                 if line.startswith(("Collecting", "Saved", "Building wheel", "Using cached")):
                     log("  " + line.strip())
         if proc.returncode != 0:
-            raise ConfigError("pip wheel failed: " + " | ".join(t for t in tail if t.strip())[-600:])
+            said = " | ".join(t for t in tail if t.strip())
+            raise ConfigError(f"pip wheel failed: {said[-600:]}")
     if not list(dest.glob("autoglm-*.whl")):
         raise ConfigError("pip wheel did not produce autoglm's own wheel")
 

@@ -30,7 +30,7 @@ from autoglm.errors import ConfigError, NotFoundError, StorageFullError
 from autoglm.supply import manifest as mf
 from autoglm.supply.hubs import RemoteFile, Snapshot, hub_for
 from autoglm.supply.registry import Registry
-from autoglm.supply.transfer import Backoff, fetch
+from autoglm.supply.transfer import Backoff, fetch, git_blob_sha1
 
 STATE_VERSION = 1
 
@@ -135,17 +135,16 @@ class Puller:
                   name: str, source: str) -> PullResult:
         staging, state_path = self.incoming / name, self.incoming / f"{name}.json"
         final = self.store / name
-        if final.exists():  # moved, but stopped before it was registered: check it again
+        kept = final.exists()
+        if kept:  # stopped before registering, or `model remove`d: its files are checked again
             shutil.rmtree(staging, ignore_errors=True)
             os.replace(final, staging)
-        state = self._state(state_path, staging, source, snap, files)
+        state = self._state(state_path, staging, source, snap, files, keep=kept)
         wanted = {f.path for f in files}
         for path in list(state["done"]):
             if path not in wanted or not (staging / path).is_file():
                 del state["done"][path]
-        on_disk = sum(min(_size(staging / (f.path + ".part")), f.size) for f in files
-                      if f.path not in state["done"]) + sum(
-            f.size for f in files if f.path in state["done"])
+        on_disk = sum(_on_disk(staging, f) for f in files)
         self._check_space(staging, sum(f.size for f in files) - on_disk, snap.repo)
         self.reporter.start(snap, files, on_disk)
         fetched = 0
@@ -155,6 +154,10 @@ class Puller:
             dest = staging / f.path
             if staging.resolve() not in dest.resolve().parents:
                 raise ConfigError(f"the hub listed an unsafe file name: {f.path!r}")
+            if self._complete_on_disk(dest, f):
+                state["done"][f.path] = {"sha256": mf.sha256_file(dest), "size": f.size}
+                _write_json(state_path, state)
+                continue
             before = _size(dest.with_name(dest.name + ".part"))
 
             def advance(n: int, path: str = f.path) -> None:
@@ -170,14 +173,28 @@ class Puller:
         return PullResult(self._finish(staging, state_path, state, snap, name, source),
                           fetched, on_disk)
 
+    @staticmethod
+    def _complete_on_disk(dest: Path, f: RemoteFile) -> bool:
+        """A whole file already in place (a model moved back): kept if the hub's hash says
+        so, deleted otherwise."""
+        if not dest.is_file() or dest.with_name(dest.name + ".part").exists():
+            return False
+        if dest.stat().st_size == f.size and (
+                (f.sha256 and mf.sha256_file(dest) == f.sha256)
+                or (not f.sha256 and f.git_sha1 and git_blob_sha1(dest) == f.git_sha1)):
+            return True
+        dest.unlink()
+        return False
+
     def _state(self, state_path: Path, staging: Path, source: str, snap: Snapshot,
-               files: list[RemoteFile]) -> dict[str, Any]:
+               files: list[RemoteFile], *, keep: bool) -> dict[str, Any]:
         try:
             state = json.loads(state_path.read_text())
         except (OSError, ValueError):
             state = None
         if not state or state.get("source") != source or state.get("commit") != snap.commit:
-            shutil.rmtree(staging, ignore_errors=True)  # another model or revision: start over
+            if not keep:  # bytes of another model or revision: start over
+                shutil.rmtree(staging, ignore_errors=True)
             state = {"version": STATE_VERSION, "source": source, "commit": snap.commit,
                      "done": {}}
         staging.mkdir(parents=True, exist_ok=True)
@@ -210,6 +227,13 @@ class Puller:
                                        revision=snap.commit)
         state_path.unlink(missing_ok=True)
         return entry
+
+
+def _on_disk(staging: Path, f: RemoteFile) -> int:
+    dest = staging / f.path
+    if dest.is_file() and _size(dest) == f.size:
+        return f.size
+    return min(_size(dest.with_name(dest.name + ".part")), f.size)
 
 
 def _size(path: Path) -> int:

@@ -294,3 +294,16 @@ def test_a_removed_model_pulled_again_reuses_its_checked_files(hub, registry) ->
     assert [r["path"] for r in hub.requests()] == ["config.json"]
     assert result.fetched == len(hub.files["config.json"])
     assert registry.verify("tiny-model").intact
+
+
+def test_the_stand_in_hub_serves_the_official_huggingface_hub_client(
+        hub, tmp_path: Path, monkeypatch) -> None:
+    """The stand-in is only worth its tests if the real client can use it as a mirror."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    out = huggingface_hub.snapshot_download(REPO, endpoint=hub.url, local_dir=tmp_path / "dl",
+                                            token=False)
+    for rel, data in hub.files.items():
+        assert (Path(out) / rel).read_bytes() == data
+    lfs = [r for r in hub.requests(GGUF) if r["method"] == "GET"]
+    assert lfs and lfs[-1]["bytes_sent"] == len(hub.files[GGUF])  # via the "CDN" redirect

@@ -4,8 +4,10 @@ For tests only. It serves every ``DIR/<org>/<name>/`` directory as a model repos
 speaks the parts of both hubs' HTTP APIs that model downloads use:
 
 - Hugging Face: ``GET /api/models/<repo>``, ``GET /api/models/<repo>/revision/<rev>``
-  (``siblings`` with sizes and LFS SHA-256), ``GET|HEAD /<repo>/resolve/<rev>/<path>``
-  (LFS files answer 302 to ``/_lfs/<sha256>`` with ``X-Linked-Etag``/``X-Linked-Size``;
+  (``siblings`` with sizes and LFS SHA-256), ``GET /api/models/<repo>/tree/<rev>`` (what
+  ``huggingface_hub.snapshot_download`` lists), ``GET|HEAD /<repo>/resolve/<rev>/<path>``
+  (LFS files answer 302 to ``/_lfs/<sha256>`` on a second loopback address standing in for
+  the CDN, with ``X-Repo-Commit``, ``X-Linked-Etag`` and ``X-Linked-Size``;
   small files answer with their git blob id as ``ETag``), errors named by ``X-Error-Code``.
 - ModelScope: ``GET /api/v1/models/<repo>``, ``GET /api/v1/models/<repo>/repo/files``
   (``Files`` with ``Size`` and ``Sha256``) and ``GET /api/v1/models/<repo>/repo?FilePath=``.
@@ -59,8 +61,9 @@ class RepoFile:
 
 
 class Hub:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, cdn: str = "127.0.0.2:0") -> None:
         self.root = root
+        self.cdn = cdn  # host:port that LFS downloads are redirected to
         self.faults: list[dict[str, Any]] = []
         self.rate: float | None = None
         self.fake_size: dict[str, int] = {}
@@ -147,7 +150,8 @@ class Conn:
         start = 0
         if range_header and range_header.startswith("bytes="):
             start = int(range_header[6:].split("-", 1)[0] or 0)
-        record = {"path": f.path, "range_start": start, "status": 200, "bytes_sent": 0}
+        record = {"path": f.path, "method": self.method, "range_start": start, "status": 200,
+                  "bytes_sent": 0}
         hub.requests.append(record)
         fault = hub.take_fault(f.path)
         if fault and fault["kind"] == "status":
@@ -200,6 +204,23 @@ class Conn:
 def _hf(conn: Conn, parts: list[str], query: dict[str, list[str]],
         headers: dict[str, str]) -> Any:
     hub = conn.hub
+    if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] == "tree":
+        snap = hub.snapshot("/".join(parts[2:4]), unquote(parts[5]))
+        if isinstance(snap, str):
+            conn.hf_error(snap, "not found")
+            return True
+        under = "/".join(parts[6:])
+        tree = []
+        for f in snap[1]:
+            if under and not f.path.startswith(under + "/"):
+                continue
+            item: dict[str, Any] = {"type": "file", "oid": f.git_sha1, "size": hub.size_of(f),
+                                    "path": f.path}
+            if f.lfs:
+                item["lfs"] = {"oid": f.sha256, "size": hub.size_of(f), "pointerSize": 134}
+            tree.append(item)
+        conn.json(200, tree)
+        return True
     if parts[:2] == ["api", "models"] and len(parts) >= 4:
         repo = "/".join(parts[2:4])
         rev = parts[5] if len(parts) >= 6 and parts[4] == "revision" else "main"
@@ -234,7 +255,10 @@ def _hf(conn: Conn, parts: list[str], query: dict[str, list[str]],
         if f.lfs:
             info.update({"x-linked-etag": f'"{f.sha256}"', "x-linked-size": str(hub.size_of(f)),
                          "etag": f'"{f.sha256}"',
-                         "location": f"/_lfs/{f.sha256}?repo={quote(repo)}&path={quote(path)}"})
+                         # another host, as the real hub's CDN: clients read the 302's
+                         # headers and follow it only to fetch the bytes
+                         "location": f"http://{hub.cdn}/_lfs/{f.sha256}?repo={quote(repo)}"
+                                     f"&path={quote(path)}"})
             conn.writer.write(_head(302, info, 0))
             return True
         return conn.content(f, headers.get("range"), info)
@@ -325,8 +349,9 @@ async def handle(hub: Hub, reader: asyncio.StreamReader, writer: asyncio.StreamW
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    hub = Hub(Path(args.root))
-    server = await asyncio.start_server(lambda r, w: handle(hub, r, w), args.host, args.port)
+    hub = Hub(Path(args.root), f"{args.cdn_host}:{args.port}")
+    server = await asyncio.start_server(lambda r, w: handle(hub, r, w),
+                                        [args.host, args.cdn_host], args.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -342,6 +367,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--root", required=True, help="directory of <org>/<name>/ repositories")
+    p.add_argument("--cdn-host", default="127.0.0.2",
+                   help="second loopback address, standing in for the CDN LFS files come from")
     asyncio.run(main_async(p.parse_args(argv)))
 
 

@@ -166,8 +166,9 @@ class Puller:
             digest = fetch(http, self.backoff, hub.file_url(snap, f.path), hub.headers,
                            path=f.path, size=f.size, sha256=f.sha256, git_sha1=f.git_sha1,
                            dest=dest, progress=advance)
-            fetched += f.size - min(before, f.size)
-            state["done"][f.path] = {"sha256": digest, "size": f.size}
+            fetched += max(0, dest.stat().st_size - before)
+            # the size on disk: a mirror that lists no sizes still gets a true manifest
+            state["done"][f.path] = {"sha256": digest, "size": dest.stat().st_size}
             _write_json(state_path, state)
         self.reporter.done()
         return PullResult(self._finish(staging, state_path, state, snap, name, source),

@@ -32,13 +32,14 @@ import asyncio
 import fnmatch
 import hashlib
 import os
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import orjson
+
+from autoglm.devtools.serving import serve_until_signalled
 
 LFS_MIN = 1 << 20
 LFS_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt")
@@ -352,14 +353,8 @@ async def main_async(args: argparse.Namespace) -> None:
     hub = Hub(Path(args.root), f"{args.cdn_host}:{args.port}")
     server = await asyncio.start_server(lambda r, w: handle(hub, r, w),
                                         [args.host, args.cdn_host], args.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"stand-in hub serving {args.root} on {args.host}:{args.port} pid {os.getpid()}",
-          flush=True)
-    await stop.wait()
-    server.close()
+    await serve_until_signalled(
+        server, f"stand-in hub serving {args.root} on {args.host}:{args.port}")
 
 
 def main(argv: list[str] | None = None) -> None:

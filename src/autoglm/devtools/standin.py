@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 from typing import Any
 
 import orjson
+
+from autoglm.devtools.serving import serve_until_signalled
 
 _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 500: b"Internal Server Error"}
 
@@ -164,14 +165,8 @@ async def main_async(args: argparse.Namespace) -> None:
     st.served_model_name = args.served_model_name
     server = await asyncio.start_server(lambda r, w: handle(st, r, w), args.host, args.port,
                                         backlog=1024)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"standin {args.name} listening on {args.host}:{args.port} pid {os.getpid()}",
-          flush=True)
-    await stop.wait()
-    server.close()
+    await serve_until_signalled(
+        server, f"standin {args.name} listening on {args.host}:{args.port}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -307,3 +307,12 @@ def test_the_stand_in_hub_serves_the_official_huggingface_hub_client(
         assert (Path(out) / rel).read_bytes() == data
     lfs = [r for r in hub.requests(GGUF) if r["method"] == "GET"]
     assert lfs and lfs[-1]["bytes_sent"] == len(hub.files[GGUF])  # via the "CDN" redirect
+
+
+@pytest.mark.parametrize("source", ["hf", "modelscope"])
+def test_a_hostile_file_name_is_refused_before_anything_is_written(
+        hub, registry, tmp_path: Path, source) -> None:
+    hub.control(fake_name={"config.json": "../../../escaped.json"})
+    with pytest.raises(HubError, match="unsafe file name: '../../../escaped.json'"):
+        puller(registry).pull(PullRequest(REPO, source=source, endpoint=hub.url))
+    assert not list(tmp_path.rglob("escaped.json")) and hub.requests() == []

@@ -17,12 +17,13 @@ Content honours ``Range: bytes=N-`` (206). Faults are set with ``POST /_control`
     {"faults": [{"kind": "cut", "after_bytes": 65536, "times": 1, "path": "*.gguf"},
                 {"kind": "corrupt", "times": 1},
                 {"kind": "status", "status": 429, "times": 2}],
-     "rate": 1048576, "fake_size": {"big.bin": 10**14}}
+     "rate": 1048576, "fake_size": {"big.bin": 10**14}, "fake_name": {"a.txt": "../a.txt"}}
 
 ``cut`` closes the connection mid-file, ``corrupt`` flips one byte, ``status`` answers
 429/500/...; ``rate`` throttles content to bytes per second; ``fake_size`` lies about a
-file's size in listings. ``GET /_stats`` lists every content request with its range start
-and the bytes sent. No Xet headers are ever sent: clients fall back to plain HTTP.
+file's size in listings, ``fake_name`` about its name (a hostile mirror). ``GET /_stats``
+lists every content request with its method, range start and the bytes sent. No Xet
+headers are ever sent: clients fall back to plain HTTP.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import asyncio
 import fnmatch
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -68,6 +69,7 @@ class Hub:
         self.faults: list[dict[str, Any]] = []
         self.rate: float | None = None
         self.fake_size: dict[str, int] = {}
+        self.fake_name: dict[str, str] = {}
         self.requests: list[dict[str, Any]] = []
         self._cache: dict[Path, tuple[float, RepoFile]] = {}
 
@@ -109,7 +111,7 @@ class Hub:
         commit = self.commit(files)
         if rev not in ("main", "master", commit):
             return "RevisionNotFound"
-        return commit, files
+        return commit, [replace(f, path=self.fake_name.get(f.path, f.path)) for f in files]
 
     def size_of(self, f: RepoFile) -> int:
         return self.fake_size.get(f.path, f.size)
@@ -327,6 +329,7 @@ async def handle(hub: Hub, reader: asyncio.StreamReader, writer: asyncio.StreamW
                 hub.faults = conf.get("faults", hub.faults)
                 hub.rate = conf.get("rate", hub.rate)
                 hub.fake_size = conf.get("fake_size", hub.fake_size)
+                hub.fake_name = conf.get("fake_name", hub.fake_name)
                 if conf.get("reset_stats"):
                     hub.requests.clear()
                 conn.json(200, {})

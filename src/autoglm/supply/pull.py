@@ -20,13 +20,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 import httpx
 
 from autoglm import __version__
-from autoglm.errors import ConfigError, NotFoundError, StorageFullError
+from autoglm.errors import ConfigError, HubError, NotFoundError, StorageFullError
 from autoglm.supply import manifest as mf
 from autoglm.supply.hubs import RemoteFile, Snapshot, hub_for
 from autoglm.supply.registry import Registry
@@ -119,6 +119,10 @@ class Puller:
                                   f"remove {name}` first")
             files = [f for f in snap.files
                      if not req.include or any(fnmatch.fnmatch(f.path, g) for g in req.include)]
+            for f in files:
+                parts = PurePosixPath(f.path).parts
+                if not parts or f.path.startswith("/") or ".." in parts:
+                    raise HubError(f"the hub listed an unsafe file name: {f.path!r}")
             if not files:
                 raise ConfigError(f"no file of {repo}@{snap.revision} matches --include "
                                   f"{' '.join(req.include)}" if req.include
@@ -152,10 +156,8 @@ class Puller:
             if f.path in state["done"]:
                 continue
             dest = staging / f.path
-            if staging.resolve() not in dest.resolve().parents:
-                raise ConfigError(f"the hub listed an unsafe file name: {f.path!r}")
-            if self._complete_on_disk(dest, f):
-                state["done"][f.path] = {"sha256": mf.sha256_file(dest), "size": f.size}
+            if (digest := self._checked_on_disk(dest, f)) is not None:
+                state["done"][f.path] = {"sha256": digest, "size": f.size}
                 _write_json(state_path, state)
                 continue
             before = _size(dest.with_name(dest.name + ".part"))
@@ -175,17 +177,18 @@ class Puller:
                           fetched, on_disk)
 
     @staticmethod
-    def _complete_on_disk(dest: Path, f: RemoteFile) -> bool:
-        """A whole file already in place (a model moved back): kept if the hub's hash says
-        so, deleted otherwise."""
+    def _checked_on_disk(dest: Path, f: RemoteFile) -> str | None:
+        """A whole file already in place (a model moved back): its SHA-256 if the hub's hash
+        confirms it; otherwise it is deleted, to be fetched again."""
         if not dest.is_file() or dest.with_name(dest.name + ".part").exists():
-            return False
-        if dest.stat().st_size == f.size and (
-                (f.sha256 and mf.sha256_file(dest) == f.sha256)
-                or (not f.sha256 and f.git_sha1 and git_blob_sha1(dest) == f.git_sha1)):
-            return True
+            return None
+        if dest.stat().st_size == f.size:
+            digest = mf.sha256_file(dest)
+            if digest == f.sha256 or (not f.sha256 and f.git_sha1
+                                      and git_blob_sha1(dest) == f.git_sha1):
+                return digest
         dest.unlink()
-        return False
+        return None
 
     def _state(self, state_path: Path, staging: Path, source: str, snap: Snapshot,
                files: list[RemoteFile], *, keep: bool) -> dict[str, Any]:

@@ -193,7 +193,9 @@ def create(out: Path, models: list[str], registry: Registry, log: Log) -> dict[s
         script.write_text(INSTALL_SH.format(python=_python(), models=" ".join(models),
                                             first=models[0]))
         script.chmod(0o755)
-        files = _hash_tree(work)
+        for rel in ("sbom.cdx.json", "install.sh"):
+            files[rel] = {"size": (work / rel).stat().st_size,
+                          "sha256": mf.sha256_file(work / rel)}
         meta = {"format": FORMAT, "created_at": datetime.now(UTC).isoformat(),
                 "autoglm_version": __version__, "python": _python(),
                 "platform": sysconfig.get_platform(), "models": models, "files": files}

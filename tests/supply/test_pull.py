@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -11,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from autoglm.errors import ConfigError, HubError, IntegrityError, NotFoundError, StorageFullError
+from autoglm.errors import (
+    ConfigError,
+    HubError,
+    IntegrityError,
+    NotFoundError,
+    StorageFullError,
+)
 from autoglm.supply import manifest as mf
 from autoglm.supply.pull import Puller, PullRequest
 from autoglm.supply.registry import Registry
@@ -316,3 +324,19 @@ def test_a_hostile_file_name_is_refused_before_anything_is_written(
     with pytest.raises(HubError, match="unsafe file name: '../../../escaped.json'"):
         puller(registry).pull(PullRequest(REPO, source=source, endpoint=hub.url))
     assert not list(tmp_path.rglob("escaped.json")) and hub.requests() == []
+
+
+def test_on_a_terminal_the_pull_shows_a_progress_bar_with_speed_and_eta(
+        hub, tmp_path: Path) -> None:
+    if shutil.which("script") is None:
+        pytest.skip("needs `script` (util-linux) to give the pull a terminal")
+    hub.control(rate=2 << 20)  # about 1.5 s: the bar is redrawn several times
+    cmd = f"{AUTOGLM} model pull {REPO} --endpoint {hub.url}"
+    r = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "AUTOGLM_DATA_DIR": str(tmp_path / "d"),
+                                        "COLUMNS": "120", "TERM": "xterm"})
+    assert r.returncode == 0, r.stdout
+    frames = [line for line in r.stdout.splitlines() if GGUF in line and "MB/s" in line]
+    assert len(frames) >= 2, r.stdout[-2000:]  # redrawn, with a speed
+    assert any(re.search(r"\d+:\d\d:\d\d", f) for f in frames)  # and a time remaining
+    assert "every file matches the hub's hashes" in r.stdout

@@ -34,6 +34,7 @@ class AutoGLMError(Exception):
         self.retry_after = retry_after
 
     def to_dict(self) -> dict[str, Any]:
+        """The OpenAI error body."""
         return {
             "error": {
                 "message": self.message,
@@ -42,6 +43,70 @@ class AutoGLMError(Exception):
                 "code": self.code,
             }
         }
+
+    def to_wire(self) -> dict[str, Any]:
+        """The one shape an error travels in between processes (engine -> gateway)."""
+        return {"status": self.status, "code": self.code, "message": self.message,
+                "param": self.param, "kind": type(self).__name__,
+                "retry_after": self.retry_after}
+
+
+def error_from_wire(msg: dict[str, Any]) -> AutoGLMError:
+    """Rebuild an error from ``to_wire`` (or any dict with status/code/message)."""
+    cls = _BY_NAME.get(str(msg.get("kind", "")))
+    if cls is None:
+        cls = error_class_for(_as_int(msg.get("status")))
+    param = msg.get("param")
+    retry = msg.get("retry_after")
+    exc = cls(str(msg.get("message") or "engine error"),
+              param=param if isinstance(param, str) else None,
+              retry_after=float(retry) if isinstance(retry, (int, float)) else None)
+    code = msg.get("code")
+    if isinstance(code, str) and code:
+        exc.code = code
+    status = _as_int(msg.get("status"))
+    if status is not None and 400 <= status < 600 and status != exc.status:
+        exc.status = status
+    return exc
+
+
+def error_from_openai_body(status: int, body: bytes | dict[str, Any] | None,
+                           default: str) -> AutoGLMError:
+    """An OpenAI-shaped error body from another server (an upstream), kept at its status.
+
+    Only the message, param and code are taken; the message is the server's own text.
+    """
+    import orjson
+
+    message, param, code = default, None, None
+    try:
+        data = orjson.loads(body) if isinstance(body, (bytes, bytearray)) else body
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict):
+            message = str(err.get("message") or default)
+            param, code = err.get("param"), err.get("code")
+        elif isinstance(err, str):
+            message = err
+    except orjson.JSONDecodeError:
+        pass
+    return error_from_wire({"status": status, "message": message, "param": param,
+                            "code": code if isinstance(code, str) else None})
+
+
+def error_class_for(status: int | None) -> type[AutoGLMError]:
+    """The hierarchy's class for an HTTP status (unknown 4xx: invalid request)."""
+    if status is None:
+        return EngineError
+    cls = _BY_STATUS.get(status)
+    if cls is not None:
+        return cls
+    if 400 <= status < 500:
+        return InvalidRequestError
+    return EngineError
+
+
+def _as_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class ConfigError(AutoGLMError):
@@ -156,3 +221,19 @@ class HubError(AutoGLMError):
 
     status = 502
     code = "hub_error"
+
+
+def _subclasses(cls: type[AutoGLMError]) -> list[type[AutoGLMError]]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out.extend(_subclasses(sub))
+    return out
+
+
+_BY_NAME: dict[str, type[AutoGLMError]] = {c.__name__: c for c in _subclasses(AutoGLMError)}
+_BY_STATUS: dict[int, type[AutoGLMError]] = {
+    400: InvalidRequestError, 401: AuthenticationError, 403: PermissionDeniedError,
+    404: NotFoundError, 405: MethodNotAllowedError, 413: PayloadTooLargeError,
+    429: RateLimitError, 500: EngineError, 502: UpstreamError, 503: ServiceUnavailableError,
+    504: UpstreamTimeoutError, 507: StorageFullError,
+}

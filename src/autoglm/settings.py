@@ -93,6 +93,10 @@ class ModelSpec(BaseModel):
     max_fails: int = Field(3, ge=1, description="Failures within fail_timeout_s that eject.")
     fail_timeout_s: float = Field(10.0, gt=0, description="Failure window and ejection time.")
     probe: ProbeSpec | None = Field(None, description="Optional active health probe.")
+    max_concurrency: int | None = Field(
+        None, ge=1, le=100_000,
+        description="openai/vllm: requests in flight to the pool at once; the rest wait in "
+                    "the fair queue (unset: upstream_max_connections).")
 
     @model_validator(mode="after")
     def _check_kind(self) -> ModelSpec:
@@ -200,6 +204,11 @@ class Settings(BaseSettings):
     )
     queue_timeout_s: float = Field(
         60.0, gt=0, description="Longest wait for a free slot before a 503."
+    )
+    max_queue_share: float = Field(
+        0.5, gt=0, le=1.0,
+        description="Largest share of a model's waiting places one caller (key owner) may "
+                    "hold; beyond it that caller gets 503 while others are still queued.",
     )
     default_max_tokens: int = Field(
         512, ge=1, description="Answer length when the request gives no max_tokens."

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from starlette.routing import Route
 
-from autoglm.api.app import ROUTES
+from autoglm.api.routes import ROUTES, RouteTable
 from autoglm.store.models import Principal, Project, RoleBinding, Tenant
 from tests.conftest import MODEL, make_settings, start_app
 
@@ -23,11 +23,18 @@ def test_every_route_of_the_app_is_in_the_route_table(tmp_path: Path) -> None:
     app = create_app(make_settings(tmp_path / "d"), engines={})
     served = {(m, r.path) for r in app.routes if isinstance(r, Route) for m in r.methods or ()
               if m != "HEAD"}
-    table = {(m, p) for m, p, _, _ in ROUTES}
+    table = {(r.method, r.path) for r in ROUTES}
     assert served == table
-    for method, path, _, action in ROUTES:
+    for method, path, _, action, *_ in ROUTES:
         protected = path.startswith(("/v1/", "/admin/"))
         assert (action is not None) == protected, (method, path)
+    routes = RouteTable(ROUTES)
+    assert routes.protected_prefixes == ("/admin/", "/v1/")
+    assert not routes.edge_authenticated("/v1/chat/completions")  # the pipeline's first stage
+    assert routes.edge_authenticated("/v1/models") and routes.edge_authenticated("/v1/unknown")
+    assert routes.label("/admin/v1/keys/key_1/rotate") == "/admin/v1/keys/{key}/rotate"
+    assert routes.label("/v1/models/a/b") == "/v1/models/{model}"
+    assert routes.label("/nope") == "unmatched"
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from autoglm.api.app import ROUTES
+from autoglm.api.routes import ROUTES
 from autoglm.store.models import AuditEvent
 from tests.conftest import MODEL, make_settings, pg_database, start_app
 
@@ -208,7 +208,7 @@ async def test_v1_isolation_matrix(setup) -> None:
                "tenant_admin": keys["bank/admin"], "member": keys["bank/member"],
                "guest": keys["bank/guest"]}
     failures = []
-    for method, path, _, action in ROUTES:
+    for method, path, _, action, *_ in ROUTES:
         if not path.startswith("/v1/"):
             continue
         assert action in EXPECTED, f"no isolation expectation for {method} {path} ({action})"
@@ -229,14 +229,14 @@ async def test_isolation_matrix(setup) -> None:
                "tenant_admin": keys["bank/admin"], "member": keys["bank/member"],
                "guest": keys["bank/guest"]}
     failures = []
-    for method, path, _, action in ROUTES:
+    for method, path, _, action, *_ in ROUTES:
         if not path.startswith("/admin/"):
             continue
         assert action in EXPECTED, f"no isolation expectation for {method} {path} ({action})"
         for side in ("own", "other"):
             t = "bank" if side == "own" else "hospital"
             for role, secret in callers.items():
-                n = len(failures) + 1000 * ROUTES.index((method, path, _, action))
+                n = len(failures) + 1000 * [(r.method, r.path) for r in ROUTES].index((method, path))
                 tag = f"{role}-{side}-{n}"
                 # fresh objects per call, so destructive routes have something to act on
                 prn = (await client.post(f"/admin/v1/tenants/{ids[t]}/principals",
@@ -268,7 +268,7 @@ async def test_isolation_matrix(setup) -> None:
 async def test_openapi_describes_every_route(setup) -> None:
     doc = (await setup["client"].http.get("/openapi.json")).json()
     assert doc["openapi"].startswith("3.")
-    for method, path, _, action in ROUTES:
+    for method, path, _, action, *_ in ROUTES:
         op = doc["paths"][path.replace("{model:path}", "{model}")][method.lower()]
         assert op.get("x-autoglm-action") == action
     key_op = doc["paths"]["/admin/v1/principals/{principal}/keys"]["post"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,6 +12,7 @@ from autoglm.engine.base import Delta, Finished, GenerationRequest, Started
 from autoglm.engine.catalog import embedded_model_path
 from autoglm.engine.llamacpp.model import ContextConfig, LlamaModel
 from autoglm.engine.llamacpp.prompt import PromptBuilder
+from autoglm.pipeline.request import InferenceRequest
 from tests.conftest import MODEL, AppClient
 
 pytestmark = pytest.mark.model
@@ -23,22 +25,32 @@ def model() -> LlamaModel:
     m.close()
 
 
-async def run(api: AppClient, **kw) -> tuple[str, Finished, int]:
+async def run(api: AppClient, **kw) -> tuple[str, Ended, int]:
     engine = api.app.state.engines[MODEL]
-    req = GenerationRequest(kind=kw.pop("kind", "chat"), owner="test",
-                            max_tokens=kw.pop("max_tokens", 24), stop=kw.pop("stop", []),
-                            sampling=kw.pop("sampling", {"temperature": 0.0}), **kw)
-    text, fin, prompt_tokens = "", None, -1
+    kind = kw.pop("kind", "chat")
+    req = InferenceRequest(kind, body={"model": MODEL})
+    req.generation = GenerationRequest(
+        kind=kind, max_tokens=kw.pop("max_tokens", 24), stop=kw.pop("stop", []),
+        sampling=kw.pop("sampling", {"temperature": 0.0}), **kw)
+    text, fin, prompt_tokens, finish = "", None, -1, None
     events: AsyncIterator = engine.generate(req)
     async for ev in events:
         if isinstance(ev, Started):
             prompt_tokens = ev.prompt_tokens
         elif isinstance(ev, Delta):
             text += ev.text
+            finish = ev.finish_reason or finish
         elif isinstance(ev, Finished):
             fin = ev
-    assert fin is not None
-    return text, fin, prompt_tokens
+    assert fin is not None and finish is not None
+    return text, Ended(finish, fin.prompt_tokens, fin.completion_tokens), prompt_tokens
+
+
+@dataclass
+class Ended:
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
 
 
 MSG = [{"role": "user", "content": "What is the capital of France?"}]

@@ -16,9 +16,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from autoglm.api.guard import check, record
-from autoglm.api.inference import read_json
-from autoglm.api.schemas import parse
+from autoglm.api.admin_authz import check, record
+from autoglm.api.body import read_json
+from autoglm.pipeline.schemas import parse
 from autoglm.engine.upstream.client import UpstreamEngine
 from autoglm.engine.upstream.router import Instance
 from autoglm.errors import InvalidRequestError, ModelNotFoundError, NotFoundError

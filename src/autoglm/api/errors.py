@@ -1,4 +1,9 @@
-"""The one translation from exceptions to HTTP: OpenAI-shaped JSON, never a stack trace."""
+"""The one translation from exceptions to HTTP: OpenAI-shaped JSON, never a stack trace.
+
+The edge middleware catches everything a request raises and calls ``to_error``; routing
+errors (unknown path, wrong method) are raised to it too (``raise_routing_error``), so
+every error response of the server is made by ``error_headers``/``error_body`` here.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,6 @@ import math
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
 
 from autoglm.errors import (
     AutoGLMError,
@@ -20,36 +24,49 @@ from autoglm.errors import (
 
 log = logging.getLogger("autoglm.api")
 
-INTERNAL = "The server had an error while processing your request. Retry, and quote the request id if it persists."
+INTERNAL = ("The server had an error while processing your request. Retry, and quote the "
+            "request id if it persists.")
 
 
 def error_body(exc: AutoGLMError) -> bytes:
     return orjson.dumps(exc.to_dict())
 
 
-def error_headers(exc: AutoGLMError) -> dict[str, str]:
-    headers = {"content-type": "application/json"}
+def error_headers(exc: AutoGLMError) -> list[tuple[bytes, bytes]]:
+    headers = [(b"content-type", b"application/json")]
     if exc.retry_after is not None:
-        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
+        headers.append((b"retry-after", str(max(1, math.ceil(exc.retry_after))).encode()))
+    allow = getattr(exc, "allow", None)
+    if allow:
+        headers.append((b"allow", allow.encode("latin-1")))
     return headers
-
-
-def error_response(exc: AutoGLMError) -> Response:
-    return Response(error_body(exc), status_code=exc.status, headers=error_headers(exc))
 
 
 def internal_error() -> AutoGLMError:
     return AutoGLMError(INTERNAL, code="internal_error")
 
 
-def from_http_exception(exc: HTTPException) -> AutoGLMError:
+def to_error(exc: BaseException) -> AutoGLMError:
+    """What the client is told about ``exc``. Anything unexpected is logged with its trace
+    (call this inside the ``except`` block) and becomes a plain 500."""
+    if isinstance(exc, AutoGLMError):
+        return exc
+    if isinstance(exc, HTTPException):
+        return _from_http_exception(exc)
+    log.error("unhandled error while serving request", exc_info=exc)
+    return internal_error()
+
+
+def _from_http_exception(exc: HTTPException) -> AutoGLMError:
     if exc.status_code == 404:
-        return NotFoundError("Unknown route. See /v1/models, /v1/chat/completions, /v1/completions.")
+        return NotFoundError(
+            "Unknown route. See /v1/models, /v1/chat/completions, /v1/completions.")
     if exc.status_code == 405:
         allow = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow")
-        return MethodNotAllowedError(
-            f"Method not allowed for this route{f'; allowed: {allow}' if allow else ''}."
-        )
+        err = MethodNotAllowedError(
+            f"Method not allowed for this route{f'; allowed: {allow}' if allow else ''}.")
+        err.allow = allow  # type: ignore[attr-defined]
+        return err
     if exc.status_code == 413:
         return PayloadTooLargeError(str(exc.detail))
     if 400 <= exc.status_code < 500:
@@ -59,17 +76,6 @@ def from_http_exception(exc: HTTPException) -> AutoGLMError:
     return internal_error()
 
 
-async def http_exception_handler(request: Request, exc: Exception) -> Response:
-    if not isinstance(exc, HTTPException):
-        return error_response(internal_error())
-    response = error_response(from_http_exception(exc))
-    if exc.status_code == 405 and exc.headers:
-        for k, v in exc.headers.items():
-            response.headers[k] = v
-    return response
-
-
-async def autoglm_error_handler(request: Request, exc: Exception) -> Response:
-    if not isinstance(exc, AutoGLMError):
-        return error_response(internal_error())
-    return error_response(exc)
+async def raise_routing_error(request: Request, exc: Exception) -> None:
+    """Starlette's handler for its routing errors: hand them to the edge middleware."""
+    raise exc

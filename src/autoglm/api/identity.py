@@ -17,10 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from autoglm.api.guard import check as _check
-from autoglm.api.guard import ctx as _ctx
-from autoglm.api.inference import read_json
-from autoglm.api.schemas import parse
+from autoglm.api.admin_authz import check as _check
+from autoglm.api.admin_authz import ctx as _ctx
+from autoglm.api.body import read_json
+from autoglm.pipeline.schemas import parse
 from autoglm.errors import InvalidRequestError, NotFoundError
 from autoglm.security.policy import Resource, parse_policy
 from autoglm.store.directory import Directory, view

@@ -15,29 +15,6 @@ from starlette.responses import Response
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 
-STATIC_ROUTES = frozenset(
-    {"/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz", "/readyz", "/metrics",
-     "/openapi.json"}
-)
-
-
-def route_label(path: str) -> str:
-    """A bounded label: known routes by template, everything else as 'unmatched'."""
-    if path in STATIC_ROUTES:
-        return path
-    if path.startswith("/v1/models/"):
-        return "/v1/models/{model}"
-    if path.startswith("/admin/v1/"):
-        section = path[len("/admin/v1/"):].split("/", 1)[0]
-        if section in _ADMIN_SECTIONS:
-            return f"/admin/v1/{section}"
-    return "unmatched"
-
-
-_ADMIN_SECTIONS = frozenset({"engines", "models", "tenants", "projects", "principals",
-                             "bindings", "keys", "policy"})
-
-
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)

@@ -1,14 +1,15 @@
-"""The gateway's outer stages, as one pure-ASGI middleware (cheap on the hot path):
+"""The gateway's HTTP edge, as one pure-ASGI middleware (cheap on the hot path):
 
-1. request id: taken from a sane ``X-Request-ID`` or made; returned on every response
-   and put on every log line through ``request_id_var``;
+1. request context: a typed ``RequestContext`` in ``scope["state"]["ctx"]``, with the
+   request id (taken from a sane ``X-Request-ID`` or made; returned on every response and
+   put on every log line through ``request_id_var``), the credentials and the project;
 2. size limit: ``Content-Length`` over the limit is a 413 before reading; a chunked
    body is counted while it is read;
-3. authentication for ``/v1`` and ``/admin`` routes; the principal goes to
-   ``scope["state"]["principal"]``;
-4. errors: an ``AutoGLMError`` becomes its OpenAI-shaped response; anything else is
-   logged with its trace and becomes a plain 500; a failure after the response started
-   is logged (streams end themselves with an error event);
+3. authentication of the protected routes that the inference pipeline does not
+   authenticate itself (admin, model list);
+4. errors: whatever a request raises becomes its OpenAI-shaped response here
+   (``api/errors.py``); a failure after the response started is logged (streams end
+   themselves with an error event);
 5. access log and request metrics.
 """
 
@@ -18,36 +19,44 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from autoglm.api.errors import error_body, error_headers, internal_error
-from autoglm.api.metrics import Metrics, route_label
-from autoglm.errors import AutoGLMError, PayloadTooLargeError
+from autoglm.api.errors import error_body, error_headers, to_error
+from autoglm.api.metrics import Metrics
+from autoglm.api.routes import RouteTable
+from autoglm.errors import PayloadTooLargeError
 from autoglm.logs import request_id_var
+from autoglm.pipeline.context import RequestContext
 from autoglm.security.auth import Authenticator
 
 log = logging.getLogger("autoglm.access")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-PROTECTED_PREFIXES = ("/v1/", "/admin/")
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def _headers(scope: Scope) -> tuple[str | None, str | None, str | None, str | None]:
+    """(x-request-id, authorization, openai-project, content-length), in one pass."""
+    rid = auth = project = length = None
     for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
+        if key == b"authorization":
+            auth = value.decode("latin-1")
+        elif key == b"content-length":
+            length = value.decode("latin-1")
+        elif key == b"x-request-id":
+            rid = value.decode("latin-1")
+        elif key == b"openai-project":
+            project = value.decode("latin-1")
+    return rid, auth, project, length
 
 
 class GatewayMiddleware:
-    def __init__(
-        self, app: ASGIApp, *, auth: Authenticator, metrics: Metrics, max_body_bytes: int
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, auth: Authenticator, metrics: Metrics,
+                 routes: RouteTable, max_body_bytes: int) -> None:
         self.app = app
         self.auth = auth
         self.metrics = metrics
+        self.routes = routes
         self.max_body = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -55,11 +64,11 @@ class GatewayMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        given = _header(scope, b"x-request-id")
+        given, credentials, project, length = _headers(scope)
         rid = given if given and _SAFE_ID.match(given) else f"req_{uuid.uuid4().hex}"
         token = request_id_var.set(rid)
-        state: dict[str, Any] = scope.setdefault("state", {})
-        state["request_id"] = rid
+        ctx = RequestContext(rid, "http", credentials, project or None, started=started)
+        scope.setdefault("state", {})["ctx"] = ctx
         status_box = [0]
         rid_header = (b"x-request-id", rid.encode())
 
@@ -70,26 +79,23 @@ class GatewayMiddleware:
             await send(message)
 
         try:
-            self._check_size(scope)
-            if scope["path"].startswith(PROTECTED_PREFIXES):
-                state["principal"] = await self.auth.authenticate(
-                    _header(scope, b"authorization"))
+            if length is not None and length.isdigit() and int(length) > self.max_body:
+                raise PayloadTooLargeError(
+                    f"Request body is {int(length)} bytes; the limit is {self.max_body} bytes.")
+            if self.routes.edge_authenticated(scope["path"]):
+                ctx.identity = await self.auth.authenticate(credentials)
             await self.app(scope, self._limited(receive), send_wrapper)
-        except AutoGLMError as exc:
-            await self._fail(send_wrapper, status_box, exc, logged=False)
-        except Exception:
-            log.exception("unhandled error while serving request")
-            await self._fail(send_wrapper, status_box, internal_error(), logged=True)
+        except Exception as exc:  # noqa: BLE001 - the one place errors become responses
+            err = to_error(exc)
+            if status_box[0]:  # response already started: nothing more can be said
+                log.error("error after response started", extra={"error": err.message})
+            else:
+                await send_wrapper({"type": "http.response.start", "status": err.status,
+                                    "headers": error_headers(err)})
+                await send_wrapper({"type": "http.response.body", "body": error_body(err)})
         finally:
-            self._account(scope, state, status_box[0], started)
+            self._account(scope, ctx, status_box[0], started)
             request_id_var.reset(token)
-
-    def _check_size(self, scope: Scope) -> None:
-        length = _header(scope, b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            raise PayloadTooLargeError(
-                f"Request body is {int(length)} bytes; the limit is {self.max_body} bytes."
-            )
 
     def _limited(self, receive: Receive) -> Receive:
         seen = [0]
@@ -107,32 +113,20 @@ class GatewayMiddleware:
 
         return wrapped
 
-    async def _fail(
-        self, send: Send, status_box: list[int], exc: AutoGLMError, logged: bool
-    ) -> None:
-        if status_box[0]:  # response already started: nothing more can be said to the client
-            if not logged:
-                log.error("error after response started", extra={"error": exc.message})
-            return
-        headers = [(k.encode(), v.encode()) for k, v in error_headers(exc).items()]
-        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-        await send({"type": "http.response.body", "body": error_body(exc)})
-
-    def _account(self, scope: Scope, state: dict[str, Any], status: int, started: float) -> None:
+    def _account(self, scope: Scope, ctx: RequestContext, status: int, started: float) -> None:
         elapsed = time.perf_counter() - started
-        route = route_label(scope["path"])
-        model = state.get("model", "")
+        route = self.routes.label(scope["path"])
         status = status or 499  # client went away before any response
-        self.metrics.observe_request(route, model, status, elapsed)
-        principal = state.get("principal")
+        self.metrics.observe_request(route, ctx.model, status, elapsed)
+        identity = ctx.identity
         log.info(
             "request",
             extra={
                 "method": scope["method"],
                 "path": route if route != "unmatched" else scope["path"][:200],
                 "status": status,
-                "model": model or None,
-                "principal": principal.id if principal else None,
+                "model": ctx.model or None,
+                "principal": identity.id if identity is not None else None,
                 "duration_ms": round(elapsed * 1e3, 2),
             },
         )

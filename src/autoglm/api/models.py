@@ -9,7 +9,6 @@ from starlette.responses import JSONResponse
 
 from autoglm.engine.base import Engine
 from autoglm.errors import ModelNotFoundError
-from autoglm.security.access import PROJECT_HEADER
 
 
 def _card(engine: Engine) -> dict[str, Any]:
@@ -23,9 +22,9 @@ def _card(engine: Engine) -> dict[str, Any]:
 
 async def _visible(request: Request, model: str) -> bool:
     """Listed only when the caller may run inference on it (in the chosen project)."""
+    ctx = request.scope["state"]["ctx"]
     try:
-        await request.app.state.authz.require_model(
-            request.scope["state"]["principal"], model, request.headers.get(PROJECT_HEADER))
+        await request.app.state.authz.require_model(ctx.identity, model, ctx.project)
     except ModelNotFoundError:
         return False
     return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -12,7 +13,7 @@ from starlette.responses import JSONResponse
 
 from autoglm import __version__
 from autoglm.api import identity
-from autoglm.api.schemas import ChatCompletionRequest, CompletionRequest
+from autoglm.pipeline.schemas import ChatCompletionRequest, CompletionRequest
 from autoglm.settings import InstanceSpec
 
 BODIES: dict[str, type[BaseModel]] = {
@@ -28,10 +29,11 @@ ERROR = {"type": "object", "properties": {"error": {"type": "object", "propertie
     "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
 
 
-def build(routes: list[tuple[str, str, Any, str | None]]) -> dict[str, Any]:
+def build(routes: Sequence[Any]) -> dict[str, Any]:
+    """From the route table (``api/routes.py``)."""
     paths: dict[str, dict[str, Any]] = {}
     schemas: dict[str, Any] = {"Error": ERROR}
-    for method, path, endpoint, action in routes:
+    for method, path, endpoint, action, *_ in routes:
         oa_path = re.sub(r"\{(\w+)(:\w+)?\}", r"{\1}", path)
         doc = inspect.getdoc(endpoint) or endpoint.__name__.replace("_", " ")
         op: dict[str, Any] = {

@@ -12,15 +12,16 @@ import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
-import orjson
 from starlette.types import Receive, Scope, Send
 
+from autoglm.api.errors import to_error
 from autoglm.errors import AutoGLMError
+from autoglm.pipeline.openai_format import sse
+from autoglm.pipeline.service import Answer
 
 log = logging.getLogger("autoglm.api")
 T = TypeVar("T")
 
-DONE = b"data: [DONE]\n\n"
 
 
 class ClientDisconnected(Exception):
@@ -62,41 +63,43 @@ async def race_disconnect(receive: Receive, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
-def sse(data: dict) -> bytes:
-    return b"data: " + orjson.dumps(data) + b"\n\n"
-
-
 class SSEResponse:
-    """Streams pre-encoded SSE frames; an error mid-stream ends it with an error event."""
+    """Streams pre-encoded SSE frames of an answer; an error mid-stream ends it with an
+    error event. However the stream ends, the answer is closed (its slot freed) here."""
 
-    def __init__(self, frames: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> None:
+    def __init__(self, answer: Answer, frames: AsyncIterator[bytes]) -> None:
+        self.answer = answer
         self.frames = frames
-        self.headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no"),
-        ] + [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
         try:
             await race_disconnect(receive, self._pump(send))
         except ClientDisconnected:
             log.info("client disconnected during stream; generation cancelled")
             return
+        finally:
+            await self.answer.aclose()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _pump(self, send: Send) -> None:
         try:
             async for frame in self.frames:
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
-        except AutoGLMError as exc:
-            log.error("stream ended by error", extra={"error": exc.message, "code": exc.code})
-            await send({"type": "http.response.body", "body": sse(exc.to_dict()), "more_body": True})
         except OSError:  # the transport is gone
             raise
-        except Exception:
-            log.exception("stream ended by internal error")
-            err = {"error": {"message": "internal error during streaming", "type": "server_error",
-                             "param": None, "code": "internal_error"}}
-            await send({"type": "http.response.body", "body": sse(err), "more_body": True})
+        except Exception as exc:  # noqa: BLE001 - the stream's own error event
+            err = to_error(exc)
+            if isinstance(exc, AutoGLMError):
+                log.error("stream ended by error", extra={"error": err.message, "code": err.code})
+            await send({"type": "http.response.body", "body": sse(err.to_dict()),
+                        "more_body": True})
+        finally:
+            await self.frames.aclose()  # type: ignore[attr-defined]
+
+
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]

@@ -4,7 +4,11 @@ For tests and benchmarks only: it answers at once with a fixed body (JSON, or SS
 the request says ``"stream": true``), tells who served a request (``X-Served-By`` and
 ``system_fingerprint``), and can be told to misbehave through ``POST /_control``
 (``{"mode": "ok" | "error500" | "error400" | "hang" | "close" | "die_mid_stream",
-"delay_ms": N, "chunk_delay_ms": N, "chunks": N}``). ``GET /_stats`` counts requests.
+"delay_ms": N, "chunk_delay_ms": N, "chunks": N, "answer": "plain" | "rich"}``).
+``"rich"`` answers carry what an OpenAI server may send beyond text: tool calls,
+logprobs, a refusal field, usage details and fields no client knows. Streams end with a
+usage chunk when the request asks for one (``stream_options.include_usage``), as vLLM's
+do. ``GET /_stats`` counts requests.
 Plain asyncio with keep-alive, so it is much faster than the gateway it stands behind.
 """
 
@@ -26,7 +30,8 @@ class Standin:
     def __init__(self, name: str, chunks: int, delay_ms: float, chunk_delay_ms: float) -> None:
         self.name = name
         self.conf: dict[str, Any] = {"mode": "ok", "delay_ms": delay_ms,
-                                     "chunk_delay_ms": chunk_delay_ms, "chunks": chunks}
+                                     "chunk_delay_ms": chunk_delay_ms, "chunks": chunks,
+                                     "answer": "plain"}
         self.requests = 0
         self.served_model_name: str | None = None
         self.last_authorization: str | None = None
@@ -42,6 +47,57 @@ class Standin:
                          "finish_reason": "stop", "logprobs": None}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
         })
+
+    def rich_json(self) -> bytes:
+        return orjson.dumps({
+            "id": "chatcmpl-rich", "object": "chat.completion", "created": 1700000000,
+            "model": "standin", "system_fingerprint": self.name, "service_tier": "default",
+            "x_vendor": {"kept": True},
+            "choices": [
+                {"index": 0, "message": {
+                    "role": "assistant", "content": None, "refusal": None,
+                    "tool_calls": [{"id": "call_1", "type": "function", "function": {
+                        "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+                 "logprobs": {"content": [{"token": "get", "logprob": -0.25,
+                                           "bytes": [103, 101, 116], "top_logprobs": []}]},
+                 "finish_reason": "tool_calls", "stop_reason": None},
+                {"index": 1, "message": {"role": "assistant", "content": "It is sunny.",
+                                         "refusal": None},
+                 "logprobs": None, "finish_reason": "stop", "stop_reason": 128009}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21,
+                      "prompt_tokens_details": {"cached_tokens": 4}},
+        })
+
+    def rich_chunks(self, usage: bool) -> list[bytes]:
+        base = {"id": "chatcmpl-rich", "object": "chat.completion.chunk",
+                "created": 1700000000, "model": "standin", "system_fingerprint": self.name}
+        lp = {"content": [{"token": "Sun", "logprob": -0.5, "bytes": [83, 117, 110],
+                           "top_logprobs": [{"token": "Sun", "logprob": -0.5, "bytes": None}]}]}
+        call = {"index": 0, "id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": ""}}
+        choices = [
+            {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+             "finish_reason": None},
+            {"index": 0, "delta": {"content": "Sun"}, "logprobs": lp, "finish_reason": None},
+            {"index": 0, "delta": {"content": "ny"}, "logprobs": None, "finish_reason": None},
+            {"index": 0, "delta": {"tool_calls": [call]}, "logprobs": None,
+             "finish_reason": None},
+            {"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {
+                "arguments": '{"city": "Paris"}'}}]}, "logprobs": None, "finish_reason": None},
+            {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "tool_calls",
+             "stop_reason": None},
+        ]
+        out = [{**base, "choices": [c], **({"usage": None} if usage else {})} for c in choices]
+        if usage:
+            out.append({**base, "choices": [], "usage": {
+                "prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}})
+        return [b"data: " + orjson.dumps(c) + b"\n\n" for c in out]
+
+    def usage_chunk(self, n: int) -> bytes:
+        body = {"id": "chatcmpl-standin", "object": "chat.completion.chunk", "created": 0,
+                "model": "standin", "system_fingerprint": self.name, "choices": [],
+                "usage": {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}}
+        return b"data: " + orjson.dumps(body) + b"\n\n"
 
     def chunk(self, i: int, last: bool) -> bytes:
         delta = {} if last else {"content": f"tok{i} "}
@@ -138,18 +194,24 @@ async def _complete(st: Standin, body: bytes, writer: asyncio.StreamWriter,
                                        "param": "messages", "code": mode}})
         writer.write(_head(status, served, len(data)) + data)
         return True
-    stream = b'"stream":true' in body.replace(b" ", b"")
+    compact = body.replace(b" ", b"")
+    stream = b'"stream":true' in compact
+    usage = b'"include_usage":true' in compact
+    rich = conf.get("answer") == "rich"
     if not stream:
-        writer.write(_head(200, served, len(st._json)) + st._json)
+        data = st.rich_json() if rich else st._json
+        writer.write(_head(200, served, len(data)) + data)
         return True
     writer.write(_head(200, {**served, "content-type": "text/event-stream",
                              "transfer-encoding": "chunked"}, None))
     n = int(conf["chunks"])
-    for i in range(n + 1):
+    chunks = st.rich_chunks(usage) if rich else [st.chunk(i, i == n) for i in range(n + 1)]
+    if usage and not rich:
+        chunks.append(st.usage_chunk(n))
+    for i, data in enumerate(chunks):
         if mode == "die_mid_stream" and i == 2:
             await writer.drain()
             return False
-        data = st.chunk(i, i == n)
         writer.write(b"%x\r\n%s\r\n" % (len(data), data))
         if conf["chunk_delay_ms"]:
             await writer.drain()

@@ -10,9 +10,11 @@ is passed on at once.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import OrderedDict, deque
 
 from autoglm.errors import OverloadedError
+from autoglm.settings import Settings
 
 
 class Permit:
@@ -29,13 +31,22 @@ class Permit:
 
 
 class AdmissionQueue:
-    def __init__(self, slots: int, max_queue: int, timeout_s: float) -> None:
+    def __init__(self, slots: int, max_queue: int, timeout_s: float,
+                 max_share: float = 1.0) -> None:
         self.slots = slots
         self.max_queue = max_queue
         self.timeout_s = timeout_s
+        # One owner may hold at most this many of the waiting places, so that a single
+        # caller flooding the queue cannot shut everyone else out of it.
+        self.max_per_owner = max(1, math.ceil(max_queue * max_share))
         self.busy = 0
         self._waiters: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
         self._depth = 0
+
+    @classmethod
+    def for_settings(cls, capacity: int, settings: Settings) -> AdmissionQueue:
+        return cls(capacity, settings.max_queue, settings.queue_timeout_s,
+                   settings.max_queue_share)
 
     @property
     def depth(self) -> int:
@@ -49,6 +60,13 @@ class AdmissionQueue:
             raise OverloadedError(
                 f"the server is at capacity ({self.slots} busy, {self._depth} queued); "
                 "retry shortly",
+                retry_after=1,
+            )
+        mine = self._waiters.get(owner)
+        if mine is not None and len(mine) >= self.max_per_owner:
+            raise OverloadedError(
+                f"you already have {len(mine)} requests waiting for this model (the most one "
+                "caller may queue); retry when some have finished",
                 retry_after=1,
             )
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -13,7 +13,6 @@ class GenerationRequest:
     max_tokens: int | None
     sampling: dict[str, Any]
     stop: list[str]
-    owner: str  # who is asking: fairness key for the queue
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
 
@@ -32,21 +31,38 @@ class GenerationRequest:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Started:
-    prompt_tokens: int
+    """The engine accepted the request. ``raw``: an upstream's first chunk (streams) or its
+    whole JSON answer, kept so that every field it sent reaches the client."""
+
+    prompt_tokens: int | None = None
+    raw: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Delta:
+    """Answer text for choice ``index``. ``finish_reason`` is set on a choice's last delta.
+
+    ``raw``: the upstream's chunk carrying this choice (streams) or the choice object (JSON
+    answers), kept as received; re-encoding puts ``text`` back into it, so tool calls,
+    logprobs, refusals and unknown fields pass through. Stages may change ``text``.
+    """
+
     text: str
+    index: int = 0
+    finish_reason: str | None = None
+    raw: dict[str, Any] | None = None
+    role: str | None = None  # the embedded engine's first chat delta says "assistant"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Finished:
-    finish_reason: str
+    """The request is over; token usage as the engine counted it."""
+
     prompt_tokens: int
     completion_tokens: int
+    raw: dict[str, Any] | None = None  # an upstream's usage chunk or usage object
 
 
 Event = Started | Delta | Finished
@@ -74,8 +90,16 @@ class Engine(Protocol):
 
     async def start(self) -> None: ...
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+    def prepare(self, request: Any) -> None:
+        """Validate the request for this engine (a clean 400 before any queueing)."""
+        ...
+
+    def generate(self, request: Any) -> AsyncIterator[Event]:
         """Yields ``Started`` first (or raises), then ``Delta``s, then one ``Finished``."""
+        ...
+
+    def capacity(self) -> int:
+        """Requests this engine runs at once; the admission stage queues the rest."""
         ...
 
     async def health(self) -> EngineHealth: ...

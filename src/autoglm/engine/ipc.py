@@ -33,11 +33,4 @@ async def write_messages(writer: asyncio.StreamWriter, messages: list[dict[str, 
 
 
 def error_event(exc: AutoGLMError) -> dict[str, Any]:
-    return {
-        "ev": "error",
-        "status": exc.status,
-        "code": exc.code,
-        "message": exc.message,
-        "param": exc.param,
-        "kind": type(exc).__name__,
-    }
+    return {"ev": "error", **exc.to_wire()}

@@ -1,8 +1,8 @@
 """The gateway's handle on an embedded llama.cpp engine process.
 
-It starts the worker through a ``ProcessSupervisor``, admits requests through the fair
-``AdmissionQueue`` (never more than the engine's slots at once), and opens one Unix
-socket connection per request. Closing that connection (client gone, error) cancels
+It starts the worker through a ``ProcessSupervisor``, holds the fair ``AdmissionQueue``
+that the pipeline's admission stage uses (never more than the engine's slots at once),
+and opens one Unix socket connection per request. Closing that connection (client gone, error) cancels
 the generation in the engine and frees the slot before its next decode step.
 """
 
@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from autoglm.engine import errors_from_wire, ipc
+from autoglm.engine import ipc
 from autoglm.engine.admission import AdmissionQueue
 from autoglm.engine.base import (
     Delta,
@@ -25,7 +25,9 @@ from autoglm.engine.base import (
     Started,
 )
 from autoglm.engine.supervisor import ProcessSupervisor, python_argv
-from autoglm.errors import EngineError, EngineUnavailableError
+from autoglm.errors import EngineUnavailableError, error_from_wire
+from autoglm.pipeline.request import InferenceRequest
+from autoglm.pipeline.schemas import ChatCompletionRequest, CompletionRequest, parse
 from autoglm.settings import Settings
 
 
@@ -39,7 +41,7 @@ class LlamaCppEngine:
             id=model_id, owned_by="autoglm", created=int(time.time()),
             context_length=settings.ctx_per_slot, verification=verification,
         )
-        self.queue = AdmissionQueue(settings.slots, settings.max_queue, settings.queue_timeout_s)
+        self.queue = AdmissionQueue.for_settings(settings.slots, settings)
         argv = python_argv(
             "autoglm.engine.llamacpp.worker",
             "--socket", str(self.socket_path),
@@ -118,17 +120,43 @@ class LlamaCppEngine:
             retry_after=self.supervisor.retry_after(),
         )
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+    # --- the engine contract ---------------------------------------------------------------
+    def capacity(self) -> int:
+        return self.settings.slots
+
+    def check_available(self) -> None:
         if self.supervisor.state != "ready":
             raise self._unavailable()
-        permit = await self.queue.acquire(request.owner)
+
+    def prepare(self, req: InferenceRequest) -> None:
+        """Every parameter checked (a 400 naming what cannot be honoured); the engine's own
+        request built."""
+        if req.kind == "chat":
+            chat: ChatCompletionRequest = parse(ChatCompletionRequest, req.body)
+            chat.check()
+            req.generation = GenerationRequest(
+                kind="chat", messages=chat.wire_messages(),
+                max_tokens=chat.effective_max_tokens(), sampling=chat.sampling(chat.json_object),
+                stop=chat.stop_list())
+        else:
+            comp: CompletionRequest = parse(CompletionRequest, req.body)
+            comp.check()
+            req.generation = GenerationRequest(
+                kind="completion", prompt=comp.prompt_text(), max_tokens=comp.max_tokens,
+                sampling=comp.sampling(False), stop=comp.stop_list())
+
+    async def generate(self, req: InferenceRequest) -> AsyncIterator[Event]:
+        gen = req.generation
+        if gen is None:
+            self.prepare(req)
+            gen = req.generation
         writer: asyncio.StreamWriter | None = None
         try:
             try:
                 reader, writer = await asyncio.open_unix_connection(
                     str(self.socket_path), limit=ipc.LIMIT
                 )
-                await ipc.write_messages(writer, [request.to_wire()])
+                await ipc.write_messages(writer, [gen.to_wire()])  # type: ignore[union-attr]
             except OSError:
                 raise self._unavailable() from None
             while True:
@@ -136,25 +164,23 @@ class LlamaCppEngine:
                     msg = await ipc.read_message(reader)
                 except (OSError, ValueError):
                     msg = None
-                if msg is None:  # engine died mid-request
-                    raise EngineError(
-                        f"the engine for model '{self.model.id}' stopped during generation; "
-                        "retry the request",
-                        code="engine_crashed",
-                        retry_after=self.supervisor.retry_after(),
-                    )
+                if msg is None:  # the engine died: the supervisor restarts it
+                    raise EngineUnavailableError(
+                        f"the engine for model '{self.model.id}' stopped; retry shortly",
+                        code="engine_crashed", retry_after=self.supervisor.retry_after())
                 ev = msg.get("ev")
                 if ev == "delta":
                     yield Delta(msg["text"])
                 elif ev == "start":
                     yield Started(msg["prompt_tokens"])
+                    if gen.kind == "chat":  # type: ignore[union-attr]
+                        yield Delta("", role="assistant")
                 elif ev == "done":
-                    yield Finished(msg["finish_reason"], msg["prompt_tokens"],
-                                   msg["completion_tokens"])
+                    yield Delta("", finish_reason=msg["finish_reason"])
+                    yield Finished(msg["prompt_tokens"], msg["completion_tokens"])
                     return
                 elif ev == "error":
-                    raise errors_from_wire(msg)
+                    raise error_from_wire(msg)
         finally:
             if writer is not None:
                 writer.close()
-            permit.release()

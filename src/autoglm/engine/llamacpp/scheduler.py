@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,10 @@ class Scheduler:
         self.slots = [_Slot(seq_id=i) for i in range(cfg.slots)]
         self.batch = Batch(max(cfg.n_batch, cfg.slots))
         self.inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        # Jobs that arrived while every slot was still held: a client that went away
+        # frees its slot only once the engine has seen the hang-up, and the gateway may
+        # admit the next request before that. Such a job waits here, never refused.
+        self.pending: deque[Job] = deque()
         self._thread = threading.Thread(target=self._run, name="decode-loop", daemon=True)
         self._stopping = False
         self.warmed = threading.Event()
@@ -85,40 +90,55 @@ class Scheduler:
     def busy(self) -> int:
         return sum(1 for s in self.slots if s.job is not None)
 
+    def waiting(self) -> int:
+        return len(self.pending)
+
     # --- the loop ------------------------------------------------------------------------
     def _run(self) -> None:
         try:
             self.model.warm_up()
             self.warmed.set()
             while not self._stopping:
-                self._admit(block=not any(s.job for s in self.slots))
+                idle = not self.pending and not any(s.job for s in self.slots)
+                self._admit(block=idle)
                 self._drop_cancelled()
+                self._fill()
                 if any(s.job for s in self.slots):
                     self._step()
+                elif self.pending:  # slots still held by hang-ups not yet seen: wait a bit
+                    self._admit(block=True, timeout=0.005)
         except Exception:  # a bug here must end the process loudly, not hang requests
             log.exception("decode loop failed; engine exits")
             os._exit(70)
 
-    def _admit(self, block: bool) -> None:
+    def _admit(self, block: bool, timeout: float | None = None) -> None:
         while True:
             try:
-                job = self.inbox.get(block=block)
+                job = self.inbox.get(block=block, timeout=timeout if block else None)
             except queue.Empty:
                 return
             block = False
             if job is None:
                 return
+            self.pending.append(job)
+
+    def _fill(self) -> None:
+        """Waiting jobs into free slots, first come first served."""
+        while self.pending:
             slot = next((s for s in self.slots if s.job is None), None)
-            if slot is None:  # the gateway admits at most `slots` jobs; refuse loudly
-                self.emit([(job.sink, [_error("no free slot in the engine", 503)])])
-                job.sampler.free()
-                continue
+            if slot is None:
+                return
+            job = self.pending.popleft()
             slot.job, slot.fed, slot.pos, slot.generated = job, 0, 0, 0
 
     def _drop_cancelled(self) -> None:
         for slot in self.slots:
             if slot.job is not None and slot.job.cancelled.is_set():
                 self._release(slot)
+        if any(job.cancelled.is_set() for job in self.pending):
+            for job in [j for j in self.pending if j.cancelled.is_set()]:
+                self.pending.remove(job)
+                job.sampler.free()
 
     def _release(self, slot: _Slot) -> None:
         if slot.job is not None:
@@ -197,4 +217,5 @@ class Scheduler:
 
 
 def _error(message: str, status: int) -> dict:
-    return {"ev": "error", "status": status, "code": "engine_error", "message": message}
+    return {"ev": "error", "status": status, "code": "engine_error", "message": message,
+            "kind": "EngineError"}

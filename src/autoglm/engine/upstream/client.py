@@ -1,7 +1,9 @@
 """A model served by a pool of OpenAI-compatible upstream servers (vLLM, llama-server, ...).
 
 Requests are forwarded as they came (the body is rewritten only when the upstream knows
-the model by another name) over one pooled keep-alive client per model. A connection
+the model by another name, when a stage changed it, or to ask a stream for its usage)
+over one pooled keep-alive client per model, and the answers parsed into the pipeline's
+events (``engine/upstream/events.py``). A connection
 failure, or a 5xx before any byte reached the client, is retried once on another
 instance; nothing is retried once streaming has begun. Errors name the model, never an
 upstream's address.
@@ -12,13 +14,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 
-from autoglm.engine.base import EngineHealth, ModelCard
+from autoglm.engine.admission import AdmissionQueue
+from autoglm.engine.base import EngineHealth, Event, ModelCard, Started
+from autoglm.engine.upstream.events import SSEParser, broken, from_json
 from autoglm.engine.upstream.router import Clock, Instance, Router
 from autoglm.errors import (
     AutoGLMError,
@@ -26,7 +31,9 @@ from autoglm.errors import (
     InvalidRequestError,
     UpstreamError,
     UpstreamTimeoutError,
+    error_from_openai_body,
 )
+from autoglm.pipeline.request import InferenceRequest
 from autoglm.settings import ModelSpec, Settings
 
 log = logging.getLogger("autoglm.upstream")
@@ -71,6 +78,7 @@ class UpstreamEngine:
         self.router = Router(spec.id, spec.max_fails, spec.fail_timeout_s, clock)
         for inst in spec.instances:
             self.router.add(inst)
+        self.queue = AdmissionQueue.for_settings(self.capacity(), settings)
         self.session: aiohttp.ClientSession | None = None
         self._probe_task: asyncio.Task[None] | None = None
 
@@ -125,7 +133,8 @@ class UpstreamEngine:
     def stats(self) -> dict[str, int]:
         insts = self.router.instances
         return {"up": int(self.router.healthy() > 0), "slots": len(insts),
-                "busy": sum(i.in_flight for i in insts), "queued": 0, "restarts": 0}
+                "busy": sum(i.in_flight for i in insts), "queued": self.queue.depth,
+                "restarts": 0}
 
     def describe(self, *, with_url: bool) -> list[dict[str, Any]]:
         now = self.router.clock()
@@ -137,13 +146,92 @@ class UpstreamEngine:
         return EngineHealth(f"{self.spec.engine}:{self.spec.id}",
                             "ready" if healthy else "down", None, detail)
 
-    # --- forwarding ------------------------------------------------------------------------
-    def _body_for(self, inst: Instance, payload: dict[str, Any], raw: bytes) -> bytes:
-        if inst.upstream_model is None or inst.upstream_model == payload.get("model"):
-            return raw
-        return orjson.dumps({**payload, "model": inst.upstream_model})
+    # --- the engine contract ---------------------------------------------------------------
+    def capacity(self) -> int:
+        return self.spec.max_concurrency or self.settings.upstream_max_connections
 
-    async def open(self, path: str, payload: dict[str, Any], raw: bytes) -> Opened:
+    def check_available(self) -> None:
+        if self.session is None:
+            raise EngineUnavailableError(f"model '{self.spec.id}' is not started")
+        if self.router.healthy() == 0:
+            raise EngineUnavailableError(
+                f"model '{self.spec.id}': no instance is available; retry shortly",
+                retry_after=self.router.retry_after())
+
+    def prepare(self, req: InferenceRequest) -> None:
+        """What is checked before forwarding; the upstream validates the rest."""
+        body = req.body
+        if not isinstance(body.get("stream", False), bool):
+            raise InvalidRequestError("Invalid value for 'stream': must be a boolean",
+                                      param="stream")
+        if req.kind == "chat":
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise InvalidRequestError("'messages' must be a non-empty array",
+                                          param="messages")
+        elif "prompt" not in body:
+            raise InvalidRequestError("'prompt' is a required property", param="prompt")
+
+    async def generate(self, req: InferenceRequest) -> AsyncIterator[Event]:
+        chat = req.kind == "chat"
+        stream = req.stream
+        overrides: dict[str, Any] = {}
+        if stream and not req.include_usage:  # usage is always known; the client sees it
+            opts = req.body.get("stream_options")  # only where it asked
+            overrides["stream_options"] = {**(opts if isinstance(opts, dict) else {}),
+                                           "include_usage": True}
+        opened = await self.open("/chat/completions" if chat else "/completions",
+                                 req, overrides)
+        resp = opened.response
+        model = self.spec.id
+        try:
+            if resp.status >= 400:
+                body = await resp.read()
+                opened.release()
+                raise error_from_openai_body(
+                    resp.status, body, f"the upstream rejected the request (HTTP {resp.status})")
+            if stream and resp.headers.get("Content-Type", "").startswith("text/event-stream"):
+                yield Started(None)
+                parser = SSEParser(chat, model)
+                try:
+                    async for data in resp.content.iter_any():
+                        for ev in parser.feed(data):
+                            yield ev
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    for ev in parser.feed(_salvage(resp.content) + b"\n"):
+                        yield ev  # what arrived together with the break still counts
+                    reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else \
+                        type(exc).__name__
+                    opened.release(failure=f"stream: {reason}")
+                    log.error("upstream stream ended by error",
+                              extra={"model": model, "reason": reason})
+                    raise broken(model) from None
+                opened.release()
+                yield parser.end()
+                return
+            try:
+                body = await resp.read()
+            except asyncio.TimeoutError:
+                opened.release(failure="timeout reading the answer")
+                raise UpstreamTimeoutError(
+                    f"model '{model}': the upstream did not finish in time") from None
+            except aiohttp.ClientError as exc:
+                opened.release(failure=f"read: {type(exc).__name__}")
+                raise UpstreamError(f"model '{model}': the upstream connection broke") from None
+            opened.release()
+            for ev in from_json(chat, model, body):
+                yield ev
+        finally:
+            opened.release(abort=True)  # no-op when released; else the client went away
+
+    # --- forwarding ------------------------------------------------------------------------
+    def _body_for(self, inst: Instance, req: InferenceRequest, overrides: dict[str, Any]) -> bytes:
+        if inst.upstream_model is not None and inst.upstream_model != req.model:
+            overrides = {**overrides, "model": inst.upstream_model}
+        return req.encoded(**overrides)
+
+    async def open(self, path: str, req: InferenceRequest,
+                   overrides: dict[str, Any] | None = None) -> Opened:
         """Send the request; return once an instance answered with a non-5xx status."""
         if self.session is None:
             raise EngineUnavailableError(f"model '{self.spec.id}' is not started")
@@ -154,12 +242,11 @@ class UpstreamEngine:
             if inst is None:
                 break
             tried.add(inst)
-            headers = {"Content-Type": "application/json"}
-            if inst.api_key:
-                headers["Authorization"] = f"Bearer {inst.api_key}"
+            headers = inst.headers
             self.router.acquire(inst)
             try:
-                resp = await self.session.post(inst.url + path, data=self._body_for(inst, payload, raw),
+                resp = await self.session.post(inst.url + path,
+                                               data=self._body_for(inst, req, overrides or {}),
                                                headers=headers)
             except _CONNECT_ERRORS as exc:
                 self.router.release(inst)
@@ -171,6 +258,9 @@ class UpstreamEngine:
                 self.router.failure(inst, "timeout waiting for the answer")
                 raise UpstreamTimeoutError(
                     f"model '{self.spec.id}': the upstream did not answer in time") from None
+            except BaseException:
+                self.router.release(inst)
+                raise
             if resp.status >= 500:
                 resp.release()
                 self.router.release(inst)
@@ -187,21 +277,11 @@ class UpstreamEngine:
             retry_after=self.router.retry_after())
 
 
-def upstream_client_error(status: int, body: bytes) -> AutoGLMError:
-    """A 4xx from the upstream, kept a 4xx, in the OpenAI shape."""
-    message = f"the upstream rejected the request (HTTP {status})"
-    param = code = None
+def _salvage(content: aiohttp.StreamReader) -> bytes:
+    """Bytes received before the connection broke. aiohttp raises the stored error before
+    handing out its buffer, so read the buffer directly (if this aiohttp still has it)."""
+    read_nowait = getattr(content, "_read_nowait", None)
     try:
-        err = orjson.loads(body).get("error")
-        if isinstance(err, dict):
-            message = str(err.get("message") or message)
-            param, code = err.get("param"), err.get("code")
-        elif isinstance(err, str):
-            message = err
-    except (orjson.JSONDecodeError, AttributeError):
-        pass
-    exc = InvalidRequestError(message, param=param if isinstance(param, str) else None)
-    exc.status = status
-    if isinstance(code, str):
-        exc.code = code
-    return exc
+        return bytes(read_nowait(-1)) if read_nowait else b""
+    except Exception:  # noqa: BLE001 - best effort on a broken stream
+        return b""

@@ -39,6 +39,12 @@ class Instance:
     failures_total: int = 0
     last_error: str | None = None
     gate: Callable[[], bool] | None = None  # e.g. "its managed process is ready"
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request
+
+    def __post_init__(self) -> None:
+        self.headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            self.headers["Authorization"] = f"Bearer {self.api_key}"
 
     def state(self, now: float) -> str:
         if self.draining:

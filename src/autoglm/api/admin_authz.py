@@ -1,4 +1,4 @@
-"""The admin routes' one authorization-and-audit step.
+"""Admin authorization and audit: the admin routes' one step for both.
 
 ``check`` asks the policy (``Authorizer``) and records a refusal in the audit trail. A
 refusal is a 404 when the caller has no standing in the object's tenant (so ids of
@@ -19,9 +19,9 @@ from autoglm.store.directory import Act, Directory
 
 
 def ctx(request: Request) -> tuple[Any, Directory, Act]:
-    state = request.scope["state"]
-    identity = state["principal"]
-    return identity, request.app.state.directory, Act(identity.id, state.get("request_id"))
+    rc = request.scope["state"]["ctx"]
+    identity = rc.identity
+    return identity, request.app.state.directory, Act(identity.id, rc.request_id)
 
 
 def check(request: Request, action: str, tenant_id: str | None,

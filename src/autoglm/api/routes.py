@@ -1,0 +1,108 @@
+"""Every HTTP route, in one table, and what is derived from it.
+
+Each route names the action the authorization stage checks (None: public) and whether
+the inference pipeline authenticates it (its own first stage) instead of the edge
+middleware. The protected prefixes, the metric route labels, the OpenAPI document and
+the isolation tests are all derived from this table, so a route added here is covered
+everywhere, and a route added without an action fails the isolation tests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+from starlette.routing import compile_path
+
+from autoglm.api import admin, health, identity, inference, models, openapi
+from autoglm.api.metrics import metrics_endpoint
+
+
+class RouteSpec(NamedTuple):
+    method: str
+    path: str
+    endpoint: Callable
+    action: str | None  # None: public, no key needed
+    pipeline: bool = False  # authenticated by the inference pipeline, not at the edge
+
+
+ROUTES: tuple[RouteSpec, ...] = (
+    RouteSpec("POST", "/v1/chat/completions", inference.chat_completions, "inference", True),
+    RouteSpec("POST", "/v1/completions", inference.completions, "inference", True),
+    RouteSpec("GET", "/v1/models", models.list_models, "model.list"),
+    RouteSpec("GET", "/v1/models/{model:path}", models.get_model, "model.list"),
+    RouteSpec("GET", "/admin/v1/engines", admin.list_engines, "engine.read"),
+    RouteSpec("POST", "/admin/v1/models/{model}/instances", admin.add_instance, "engine.write"),
+    RouteSpec("POST", "/admin/v1/models/{model}/instances/{name}/drain", admin.drain_instance,
+              "engine.write"),
+    RouteSpec("POST", "/admin/v1/models/{model}/instances/{name}/resume",
+              admin.resume_instance, "engine.write"),
+    RouteSpec("DELETE", "/admin/v1/models/{model}/instances/{name}", admin.remove_instance,
+              "engine.write"),
+    RouteSpec("POST", "/admin/v1/tenants", identity.create_tenant, "tenant.create"),
+    RouteSpec("GET", "/admin/v1/tenants", identity.list_tenants, "tenant.list"),
+    RouteSpec("GET", "/admin/v1/tenants/{tenant}", identity.get_tenant, "tenant.read"),
+    RouteSpec("POST", "/admin/v1/tenants/{tenant}/projects", identity.create_project,
+              "project.create"),
+    RouteSpec("GET", "/admin/v1/tenants/{tenant}/projects", identity.list_projects,
+              "project.list"),
+    RouteSpec("GET", "/admin/v1/projects/{project}", identity.get_project, "project.read"),
+    RouteSpec("PATCH", "/admin/v1/projects/{project}", identity.update_project,
+              "project.update"),
+    RouteSpec("POST", "/admin/v1/tenants/{tenant}/principals", identity.create_principal,
+              "principal.create"),
+    RouteSpec("GET", "/admin/v1/tenants/{tenant}/principals", identity.list_principals,
+              "principal.list"),
+    RouteSpec("GET", "/admin/v1/principals/{principal}", identity.get_principal,
+              "principal.read"),
+    RouteSpec("POST", "/admin/v1/principals/{principal}/bindings", identity.create_binding,
+              "binding.create"),
+    RouteSpec("DELETE", "/admin/v1/bindings/{binding}", identity.delete_binding,
+              "binding.delete"),
+    RouteSpec("POST", "/admin/v1/principals/{principal}/keys", identity.create_key,
+              "key.create"),
+    RouteSpec("GET", "/admin/v1/principals/{principal}/keys", identity.list_keys, "key.list"),
+    RouteSpec("GET", "/admin/v1/keys/{key}", identity.get_key, "key.read"),
+    RouteSpec("POST", "/admin/v1/keys/{key}/rotate", identity.rotate_key, "key.rotate"),
+    RouteSpec("POST", "/admin/v1/keys/{key}/revoke", identity.revoke_key, "key.revoke"),
+    RouteSpec("GET", "/admin/v1/policy", identity.get_policy, "policy.read"),
+    RouteSpec("POST", "/admin/v1/policy/validate", identity.validate_policy,
+              "policy.validate"),
+    RouteSpec("GET", "/openapi.json", openapi.openapi, None),
+    RouteSpec("GET", "/healthz", health.healthz, None),
+    RouteSpec("GET", "/readyz", health.readyz, None),
+    RouteSpec("GET", "/metrics", metrics_endpoint, None),
+)
+
+
+class RouteTable:
+    """Lookups the edge middleware makes on every request, precomputed from the table."""
+
+    def __init__(self, routes: Sequence[RouteSpec]) -> None:
+        protected = [r for r in routes if r.action is not None]
+        # The first path segment of every protected route: an unknown path under one of
+        # them still needs a key (401 before 404, so nothing is learnt without one).
+        self.protected_prefixes = tuple(sorted({"/" + r.path.split("/")[1] + "/"
+                                                for r in protected}))
+        self.pipeline_paths = frozenset(r.path for r in routes if r.pipeline)
+        self._static = {r.path for r in routes if "{" not in r.path}
+        self._templated: list[tuple[re.Pattern[str], str]] = []
+        seen: set[str] = set()
+        for r in routes:
+            if "{" in r.path and r.path not in seen:
+                seen.add(r.path)
+                regex, template, _ = compile_path(r.path)
+                self._templated.append((regex, template))
+
+    def edge_authenticated(self, path: str) -> bool:
+        return path.startswith(self.protected_prefixes) and path not in self.pipeline_paths
+
+    def label(self, path: str) -> str:
+        """A bounded metric label: the route's template, or 'unmatched'."""
+        if path in self._static:
+            return path
+        for regex, template in self._templated:
+            if regex.match(path):
+                return template
+        return "unmatched"

@@ -1,0 +1,52 @@
+"""The stages of every inference request, in order, in one place.
+
+Each stage is a module with a small contract (``pipeline/stage.py``). Stages still to
+come take their place in this list when they exist (limits after authorize; input guard
+and cache before admission; output guard after the engine): a module and one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from autoglm.api.metrics import Metrics
+from autoglm.pipeline.stage import EngineStage, Stage
+from autoglm.pipeline.stages.accounting import Accounting
+from autoglm.pipeline.stages.admission import Admission
+from autoglm.pipeline.stages.authenticate import Authenticate
+from autoglm.pipeline.stages.authorize import Authorize
+from autoglm.pipeline.stages.prompt_log import PromptLog
+from autoglm.pipeline.stages.validate import Validate
+
+
+@dataclass(frozen=True)
+class StageDeps:
+    """What the stages are built from (one app's objects)."""
+
+    auth: Any  # security.auth.Authenticator
+    authz: Any  # security.access.Authorizer
+    engines: dict[str, Any]
+    metrics: Metrics
+    log_prompts: bool
+
+
+def build_stages(deps: StageDeps, extra: dict[str, list[Stage]] | None = None) -> list[Stage]:
+    """The ordered stage list. ``extra`` inserts stages before the named stage (tests,
+    embedders): ``{"engine": [MyStage()]}``."""
+    stages: list[Stage] = [
+        Authenticate(deps.auth),
+        Authorize(deps.authz, deps.engines),
+        Validate(),
+        *([PromptLog()] if deps.log_prompts else []),
+        Admission(),
+        EngineStage(),
+        Accounting(deps.metrics),
+    ]
+    for before_name, inserted in (extra or {}).items():
+        names = [s.name for s in stages]
+        if before_name not in names:
+            raise ValueError(f"no stage named {before_name!r}; stages: {', '.join(names)}")
+        at = names.index(before_name)
+        stages[at:at] = inserted
+    return stages

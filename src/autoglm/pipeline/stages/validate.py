@@ -1,0 +1,19 @@
+"""Validate: the request checked by the engine that will serve it.
+
+The embedded engine checks every parameter (400 naming what it cannot honour) and
+prepares its own request; an upstream server validates the rest itself. Either way,
+a bad request is refused before it waits for a slot.
+"""
+
+from __future__ import annotations
+
+from autoglm.pipeline.context import RequestContext
+from autoglm.pipeline.request import InferenceRequest
+from autoglm.pipeline.stage import Stage
+
+
+class Validate(Stage):
+    name = "validate"
+
+    async def before(self, ctx: RequestContext, req: InferenceRequest) -> None:
+        ctx.engine.prepare(req)

@@ -35,6 +35,7 @@ class Standin:
         self.requests = 0
         self.served_model_name: str | None = None
         self.last_authorization: str | None = None
+        self.last_body: bytes = b""
         self.in_flight = 0
         self.max_in_flight = 0
         self._json = self._make_json()
@@ -156,6 +157,7 @@ async def respond(st: Standin, method: str, path: str, body: bytes,
                              "max_in_flight": st.max_in_flight, "mode": st.conf["mode"],
                              "served_model_name": st.served_model_name, "pid": os.getpid(),
                              "last_authorization": st.last_authorization,
+                             "last_body": st.last_body[:4096].decode("utf-8", "replace"),
                              "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")})
         writer.write(_head(200, served, len(data)) + data)
         return True
@@ -170,6 +172,7 @@ async def respond(st: Standin, method: str, path: str, body: bytes,
         writer.write(_head(404, served, 2) + b"{}")
         return True
     st.requests += 1
+    st.last_body = body
     st.in_flight += 1
     st.max_in_flight = max(st.max_in_flight, st.in_flight)
     try:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import orjson
 
 from autoglm.engine.admission import AdmissionQueue
 from autoglm.engine.base import EngineHealth, Event, ModelCard, Started

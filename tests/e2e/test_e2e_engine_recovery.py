@@ -123,3 +123,33 @@ def test_engine_killed_then_restarted(crash_server: ServerProcess) -> None:
     assert r.usage.completion_tokens >= 1
     assert srv.metric("autoglm_engine_up", model=MODEL) == 1.0
     assert srv.metric("autoglm_engine_restarts_total", model=MODEL) == float(check["restarts"])
+
+
+def test_requests_racing_an_engine_death_get_503_never_500(crash_server: ServerProcess) -> None:
+    """Kill the engine while requests keep arriving: whichever request first finds it dead
+    (connection refused, or an answer cut before it started) is a 503 with Retry-After."""
+    srv = crash_server
+    status, body = srv.readyz()
+    deadline = time.monotonic() + RECOVERY_DEADLINE_S
+    while status != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status, body = srv.readyz()
+    assert status == 200, body
+    pid = body["checks"][MODEL]["pid"]
+    seen: list[int] = []
+    with srv.client(auth=True, timeout=30) as http:
+        def ask() -> None:
+            r = http.post("/v1/chat/completions", json={
+                "model": MODEL, "messages": [{"role": "user", "content": "Say hi."}],
+                "max_tokens": 24})
+            seen.append(r.status_code)
+            if r.status_code != 200:
+                assert_openai_error(r, 503, None, "server_error")
+                assert r.headers.get("retry-after", "").isdigit(), r.headers
+
+        ask()
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(5):
+            ask()
+    assert seen[0] == 200
+    assert 503 in seen[1:] and 500 not in seen, seen

@@ -69,3 +69,24 @@ async def test_cancelled_waiter_leaves_queue_and_slot_is_not_lost() -> None:
     assert q.busy == 0
     again = await asyncio.wait_for(q.acquire("c"), 1)
     again.release()
+
+
+async def test_one_caller_cannot_take_every_waiting_place() -> None:
+    q = AdmissionQueue(slots=1, max_queue=4, timeout_s=5, max_share=0.5)
+    held = await q.acquire("flood")
+    flood = [asyncio.create_task(q.acquire("flood")) for _ in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(OverloadedError) as info:  # its share (2 of 4) is used up
+        await q.acquire("flood")
+    assert info.value.retry_after and "waiting" in info.value.message
+    other = asyncio.create_task(q.acquire("other"))  # others still get a place
+    await asyncio.sleep(0)
+    assert q.depth == 3
+    held.release()
+    first = await asyncio.wait_for(flood[0], 1)
+    first.release()
+    served = await asyncio.wait_for(other, 1)  # round-robin: before the flood's second
+    assert not flood[1].done()
+    served.release()
+    (await asyncio.wait_for(flood[1], 1)).release()
+    assert q.busy == 0 and q.depth == 0

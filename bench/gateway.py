@@ -2,27 +2,33 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/gateway.py [--rounds 3] [--duration 5] [--chunks 8] [--out bench/results/gateway.json]
+    .venv/bin/python bench/gateway.py [--rounds 3] [--duration 5] [--chunks 8] \\
+        [--workers 1] [--targets direct,bare,gateway] [--out bench/results/gateway.json]
 
-Two child processes, each in its own process group and always torn down:
+Up to three child processes, each in its own process group and always torn down:
 
 - the stand-in upstream, ``python -m autoglm.devtools.standin`` (plain asyncio; answers
   a chat completion at once with a fixed JSON body, or ``--chunks`` SSE chunks plus
   ``[DONE]`` when the body says ``"stream": true``);
+- a bare proxy, ``bench/_bare_proxy.py`` (Starlette + uvicorn + one pooled aiohttp
+  session, nothing else: no auth, no logging) in front of the stand-in: the floor for a
+  Python gateway on the same stack;
 - our gateway, ``autoglm serve`` with one ``engine: openai`` model pointing at the
   stand-in (so no llama.cpp engine starts) and every default stage on: API key auth,
-  body size limit, request id, JSON access log (stderr, to a file), metrics.
+  body size limit, request id, JSON access log (stderr, to a file), metrics. With
+  ``--workers N`` (N > 1) it runs ``autoglm serve --workers N``.
 
 ``wrk -t1 -cN -dDs --latency`` POSTs the same small chat completion (a Lua script sets
-method, body and headers) straight to the stand-in ("direct") and through the gateway
-("gateway"), JSON and streaming, at 1 and 16 connections. Every measured run follows a
-1 s warm-up run on the same target. Each round runs every configuration once, direct
-and gateway back to back with their order swapped every round; medians over rounds are
-reported. Added latency is the median over rounds of (gateway - direct), for p50 and
-p99, so that each difference pairs two runs that saw the same machine load.
+method, body and headers) straight to the stand-in ("direct"), through the bare proxy
+("bare") and through the gateway ("gateway"), JSON and streaming, at 1 and 16
+connections. Every measured run follows a 1 s warm-up run on the same target. Each round
+runs every configuration once, the targets back to back with their order rotated every
+round; medians over rounds are reported. Added latency is the median over rounds of
+(target - direct), for p50 and p99, and gateway/bare is the median over rounds of the
+ratio of their requests/s, so that each comparison pairs runs that saw the same load.
 
-Targets: p50 added latency <= 0.5 ms at 1 connection (JSON), and >= 3000 requests/s
-through the gateway at 16 connections (JSON, full stack).
+Targets (JSON): the gateway sustains >= 0.75 of the bare proxy's requests/s at 16
+connections, and adds <= 0.35 ms p50 latency over direct at 1 connection.
 """
 
 from __future__ import annotations
@@ -44,17 +50,22 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+BARE_PROXY = ROOT / "bench" / "_bare_proxy.py"
 MODEL_ID = "standin-model"
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 MODES = ("json", "stream")
 CONNECTIONS = (1, 16)
+TARGETS = ("direct", "bare", "gateway")  # canonical order; rotated every round
+PROXIES = ("bare", "gateway")  # targets compared with direct
 WARMUP_S = 1
-TARGET_ADDED_P50_MS = 0.5  # at 1 connection, JSON
-TARGET_RPS = 3000.0  # through the gateway at 16 connections, JSON
+TARGET_ADDED_P50_MS = 0.35  # gateway p50 over direct, 1 connection, JSON
+TARGET_BARE_RATIO = 0.75  # gateway / bare proxy requests/s, 16 connections, JSON
 WRK_MISSING = "install wrk (Debian: apt-get install wrk)"
 
 
@@ -77,12 +88,39 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
         return exc.code, exc.read()
 
 
+def http_ok(url: str, headers: dict[str, str] | None = None) -> Callable[[], bool]:
+    """A readiness probe: GET ``url`` answers 200."""
+    return lambda: http("GET", url, headers=headers, timeout=2.0)[0] == 200
+
+
+def listening(port: int) -> Callable[[], bool]:
+    """A readiness probe: something accepts TCP connections on 127.0.0.1:``port``."""
+    def probe() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=2.0):
+            return True
+    return probe
+
+
+def group_cpu_s(pgid: int) -> float:
+    """User + system CPU seconds of the live processes in group ``pgid`` (from /proc)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or unreadable
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 class Child:
     """A child process leading its own process group; ``stop`` kills the whole group."""
 
-    def __init__(self, name: str, argv: list[str], stdout: Path, stderr: Path,
+    def __init__(self, name: str, argv: list[str], logs: Path,
                  env: dict[str, str] | None = None) -> None:
-        self.name, self.argv, self.stdout, self.stderr = name, argv, stdout, stderr
+        self.name, self.argv = name, argv
+        self.stdout, self.stderr = logs / f"{name}.out", logs / f"{name}.err"
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -98,17 +136,18 @@ class Child:
             raise RuntimeError(f"{self.name} was not started")
         return self.proc.pid
 
-    def wait_ready(self, url: str, headers: dict[str, str] | None = None,
-                   timeout_s: float = 60.0) -> None:
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self, probe: Callable[[], bool], timeout_s: float = 60.0) -> None:
+        """Wait until ``probe()`` is true; fail early when the process exits."""
         deadline = time.monotonic() + timeout_s
-        if self.proc is None:
-            raise RuntimeError(f"{self.name} was not started")
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n"
-                                   f"{self.tail()}")
+            if not self.alive():
+                code = self.proc.returncode if self.proc is not None else None
+                raise RuntimeError(f"{self.name} exited with {code}:\n{self.tail()}")
             with contextlib.suppress(OSError):
-                if http("GET", url, headers=headers, timeout=2.0)[0] == 200:
+                if probe():
                     return
             time.sleep(0.2)
         raise RuntimeError(f"{self.name} not ready after {timeout_s:.0f}s:\n{self.tail()}")
@@ -121,12 +160,8 @@ class Child:
         return "\n".join(parts)
 
     def cpu_s(self) -> float:
-        """User + system CPU seconds of the process (from /proc; 0 where unavailable)."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return 0.0
+        """CPU seconds of the whole process group (so uvicorn workers count too)."""
+        return group_cpu_s(self.pid)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -135,10 +170,8 @@ class Child:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
         # Whatever is left of the group (the leader included) is killed.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -164,6 +197,85 @@ def host_delta(a: tuple[int, int, int], b: tuple[int, int, int]) -> dict[str, fl
     if total <= 0:
         return {"busy_cores": 0.0, "steal_cores": 0.0}
     return {"busy_cores": (b[1] - a[1]) / total * n, "steal_cores": (b[2] - a[2]) / total * n}
+
+
+# --------------------------------------------------------------------------------------
+# the servers under test
+# --------------------------------------------------------------------------------------
+@dataclass
+class Servers:
+    """The running children by target name ("direct" is the stand-in) and their URLs."""
+
+    children: dict[str, Child] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
+    standin_stats_url: str = ""
+
+    def stop(self) -> None:
+        for child in reversed(list(self.children.values())):
+            child.stop()
+
+    def print_tails(self) -> None:
+        for c in self.children.values():
+            print(f"--- {c.name} log tail ---\n{c.tail(1500)}", file=sys.stderr)
+
+
+def serve_argv(py: str) -> list[str]:
+    autoglm_bin = Path(py).parent / "autoglm"
+    return [str(autoglm_bin)] if autoglm_bin.exists() else [py, "-m", "autoglm"]
+
+
+def standin_child(py: str, tmp: Path, port: int, chunks: int) -> Child:
+    return Child("standin", [py, "-m", "autoglm.devtools.standin", "--port", str(port),
+                             "--name", "s1", "--chunks", str(chunks)], tmp)
+
+
+def bare_child(py: str, tmp: Path, port: int, upstream_port: int) -> Child:
+    return Child("bare", [py, str(BARE_PROXY), "--port", str(port),
+                          "--upstream", f"http://127.0.0.1:{upstream_port}"], tmp)
+
+
+def gateway_child(py: str, tmp: Path, port: int, upstream_port: int, key: str,
+                  workers: int) -> Child:
+    config = tmp / "config.yaml"
+    config.write_text(
+        "models:\n"
+        f"  - id: {MODEL_ID}\n"
+        "    engine: openai\n"
+        "    instances:\n"
+        f"      - url: http://127.0.0.1:{upstream_port}/v1\n"
+    )
+    argv = [*serve_argv(py), "serve", "--config", str(config), "--port", str(port),
+            "--data-dir", str(tmp / "data")]
+    if workers != 1:  # today's ``autoglm serve`` may not know the flag yet
+        argv += ["--workers", str(workers)]
+    # stderr (gateway.err) gets the JSON access log
+    return Child("gateway", argv, tmp, env={"AUTOGLM_ADMIN_KEY": key})
+
+
+def start_servers(servers: Servers, args: argparse.Namespace, tmp: Path, key: str) -> None:
+    """Start the stand-in (always: every target ends there) and the chosen proxies."""
+    py = sys.executable
+    up_port = free_port()
+    standin = standin_child(py, tmp, up_port, args.chunks)
+    servers.children["direct"] = standin
+    standin.start()
+    servers.standin_stats_url = f"http://127.0.0.1:{up_port}/_stats"
+    standin.wait_ready(http_ok(servers.standin_stats_url))
+    servers.urls["direct"] = f"http://127.0.0.1:{up_port}/v1/chat/completions"
+    if "bare" in args.targets:
+        port = free_port()
+        bare = bare_child(py, tmp, port, up_port)
+        servers.children["bare"] = bare
+        bare.start()
+        bare.wait_ready(listening(port))
+        servers.urls["bare"] = f"http://127.0.0.1:{port}/v1/chat/completions"
+    if "gateway" in args.targets:
+        port = free_port()
+        gateway = gateway_child(py, tmp, port, up_port, key, args.workers)
+        servers.children["gateway"] = gateway
+        gateway.start()
+        gateway.wait_ready(http_ok(f"http://127.0.0.1:{port}/readyz"), timeout_s=90)
+        servers.urls["gateway"] = f"http://127.0.0.1:{port}/v1/chat/completions"
 
 
 # --------------------------------------------------------------------------------------
@@ -240,66 +352,132 @@ class Wrk:
 
 
 # --------------------------------------------------------------------------------------
-# the benchmark
+# measuring
 # --------------------------------------------------------------------------------------
-def sanity_check(direct: str, gateway: str, key: str, chunks: int) -> dict[str, Any]:
-    """One JSON and one streamed request each way: both must answer 200, streams complete."""
+def check_answer(name: str, stream: bool, data: bytes, chunks: int) -> Any:
+    """The JSON answer's content, or the number of events of a complete stream."""
+    if not stream:
+        return json.loads(data)["choices"][0]["message"]["content"]
+    events = [ln for ln in data.split(b"\n") if ln.startswith(b"data:")]
+    if not events or events[-1].strip() != b"data: [DONE]":
+        raise RuntimeError(f"{name} stream did not end with [DONE]: {data[-300:]!r}")
+    if len(events) != chunks + 2:  # content chunks + final chunk + [DONE]
+        raise RuntimeError(f"{name} stream had {len(events)} events, expected {chunks + 2}")
+    return len(events)
+
+
+def sanity_check(urls: dict[str, str], key: str, chunks: int) -> dict[str, Any]:
+    """One JSON and one streamed request to every target: 200 each, streams complete."""
     auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     out: dict[str, Any] = {}
-    for name, url in (("direct", direct), ("gateway", gateway)):
+    for name, url in urls.items():
         for stream in (False, True):
             body = {"model": MODEL_ID, "messages": MESSAGES, "max_tokens": 16, "stream": stream}
             status, data = http("POST", url, json.dumps(body).encode(), auth, timeout=10)
             if status != 200:
                 raise RuntimeError(f"{name} {'stream' if stream else 'json'}: HTTP {status} "
                                    f"{data[:300]!r}")
-            if stream:
-                events = [ln for ln in data.split(b"\n") if ln.startswith(b"data:")]
-                if not events or events[-1].strip() != b"data: [DONE]":
-                    raise RuntimeError(f"{name} stream did not end with [DONE]: {data[-300:]!r}")
-                out[f"{name}_stream_events"] = len(events)
-                if len(events) != chunks + 2:  # content chunks + final chunk + [DONE]
-                    raise RuntimeError(f"{name} stream had {len(events)} events, "
-                                       f"expected {chunks + 2}")
-            else:
-                answer = json.loads(data)
-                out[f"{name}_json_content"] = answer["choices"][0]["message"]["content"]
+            label = f"{name}_stream_events" if stream else f"{name}_json_content"
+            out[label] = check_answer(name, stream, data, chunks)
     return out
 
 
+def round_order(targets: tuple[str, ...], rnd: int) -> list[str]:
+    """``targets`` rotated by the round number, so each leads in turn."""
+    k = rnd % len(targets)
+    return [*targets[k:], *targets[:k]]
+
+
+def measure(wrk: Wrk, servers: Servers, who: str, script: Path, conns: int,
+            duration_s: int) -> dict[str, Any]:
+    """One warm-up and one measured wrk run against ``who``, with CPU figures."""
+    url, target, standin = servers.urls[who], servers.children[who], servers.children["direct"]
+    wrk.run(url, script, conns, WARMUP_S)  # discarded
+    cpu0, up0, host0 = target.cpu_s(), standin.cpu_s(), host_cpu()
+    r = wrk.run(url, script, conns, duration_s)
+    cpu = target.cpu_s() - cpu0  # the server wrk talks to (the stand-in for direct)
+    elapsed = max(r["elapsed_s"], 1e-9)
+    r["standin_cpu_share"] = (standin.cpu_s() - up0) / elapsed
+    r["host"] = host_delta(host0, host_cpu())
+    r["cpu_s"] = cpu
+    r["cpu_us_per_req"] = cpu / max(r["requests"], 1) * 1e6
+    r["cpu_share"] = cpu / elapsed
+    return r
+
+
+def round_line(rnd: int, rounds: int, mode: str, conns: int, res: dict[str, Any]) -> str:
+    parts = [f"{who} {res[who]['rps']:7.0f} rps p50 {res[who]['p50_ms']:.3f} "
+             f"p99 {res[who]['p99_ms']:.3f}" for who in TARGETS if who in res]
+    return f"round {rnd + 1}/{rounds} {mode:6s} c={conns:<2d}  " + "  |  ".join(parts)
+
+
+def run_round(rnd: int, args: argparse.Namespace, wrk: Wrk, servers: Servers,
+              scripts: dict[str, Path]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every (mode, connections) once, all targets back to back in this round's order."""
+    order = round_order(args.targets, rnd)
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for mode in MODES:
+        for conns in CONNECTIONS:
+            res: dict[str, Any] = {"round": rnd + 1, "order": order}
+            for who in order:
+                res[who] = measure(wrk, servers, who, scripts[mode], conns, args.duration)
+            out[(mode, conns)] = res
+            print(round_line(rnd, args.rounds, mode, conns, res), flush=True)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# summaries
+# --------------------------------------------------------------------------------------
 def med(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def summarize(mode: str, conns: int, rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    side: dict[str, dict[str, float]] = {}
-    for who in ("direct", "gateway"):
-        runs = [r[who] for r in rounds]
-        side[who] = {
-            "rps": med([x["rps"] for x in runs]),
-            "p50_ms": med([x["p50_ms"] for x in runs]),
-            "p99_ms": med([x["p99_ms"] for x in runs]),
-            "errors": sum(x["non_2xx"] + x["socket_errors"] for x in runs),
-        }
-    gw = [r["gateway"] for r in rounds]
-    side["gateway"]["cpu_us_per_req"] = med([x["cpu_us_per_req"] for x in gw])
-    side["gateway"]["cpu_share"] = med([x["cpu_share"] for x in gw])
-    side["gateway"]["host_busy_cores"] = med([x["host"]["busy_cores"] for x in gw])
-    side["gateway"]["host_steal_cores"] = med([x["host"]["steal_cores"] for x in gw])
+def summarize_target(runs: list[dict[str, Any]]) -> dict[str, float]:
     return {
-        "mode": mode, "connections": conns,
-        "direct": side["direct"], "gateway": side["gateway"],
-        "added": {  # median of per-round paired differences
-            "p50_ms": med([r["gateway"]["p50_ms"] - r["direct"]["p50_ms"] for r in rounds]),
-            "p99_ms": med([r["gateway"]["p99_ms"] - r["direct"]["p99_ms"] for r in rounds]),
-        },
-        "added_of_medians": {
-            "p50_ms": side["gateway"]["p50_ms"] - side["direct"]["p50_ms"],
-            "p99_ms": side["gateway"]["p99_ms"] - side["direct"]["p99_ms"],
-        },
-        "gateway_rps_ratio": med([r["gateway"]["rps"] / r["direct"]["rps"] for r in rounds]),
-        "rounds": rounds,
+        "rps": med([x["rps"] for x in runs]),
+        "p50_ms": med([x["p50_ms"] for x in runs]),
+        "p99_ms": med([x["p99_ms"] for x in runs]),
+        "errors": sum(x["non_2xx"] + x["socket_errors"] for x in runs),
+        "cpu_us_per_req": med([x["cpu_us_per_req"] for x in runs]),
+        "cpu_share": med([x["cpu_share"] for x in runs]),
+        "standin_cpu_share": med([x["standin_cpu_share"] for x in runs]),
+        "host_busy_cores": med([x["host"]["busy_cores"] for x in runs]),
+        "host_steal_cores": med([x["host"]["steal_cores"] for x in runs]),
     }
+
+
+def paired(rounds: list[dict[str, Any]], a: str, b: str,
+           fn: Callable[[dict[str, Any], dict[str, Any]], float]) -> float:
+    """Median over rounds of ``fn(run of a, run of b)``: runs that saw the same load."""
+    return med([fn(r[a], r[b]) for r in rounds])
+
+
+def added_over_direct(rounds: list[dict[str, Any]], who: str) -> dict[str, float]:
+    """p50 and p99 of ``who`` minus direct's, median of per-round paired differences."""
+    return {"p50_ms": paired(rounds, who, "direct", lambda x, d: x["p50_ms"] - d["p50_ms"]),
+            "p99_ms": paired(rounds, who, "direct", lambda x, d: x["p99_ms"] - d["p99_ms"])}
+
+
+def rps_ratio(rounds: list[dict[str, Any]], a: str, b: str) -> float:
+    return paired(rounds, a, b, lambda x, y: x["rps"] / y["rps"])
+
+
+def summarize(mode: str, conns: int, targets: tuple[str, ...],
+              rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"mode": mode, "connections": conns}
+    for who in targets:
+        out[who] = summarize_target([r[who] for r in rounds])
+    compared = [who for who in PROXIES if who in targets and "direct" in targets]
+    out["added"] = {who: added_over_direct(rounds, who) for who in compared}
+    out["added_of_medians"] = {
+        who: {q: out[who][q] - out["direct"][q] for q in ("p50_ms", "p99_ms")}
+        for who in compared}
+    out["rps_over_direct"] = {who: rps_ratio(rounds, who, "direct") for who in compared}
+    both = "gateway" in targets and "bare" in targets
+    out["gateway_over_bare_rps"] = rps_ratio(rounds, "gateway", "bare") if both else None
+    out["rounds"] = rounds
+    return out
 
 
 _STATUS = re.compile(rb'"status":(\d+)')
@@ -319,157 +497,198 @@ def count_access_log(path: Path) -> dict[str, Any]:
     return {"chat_lines": lines, "by_status": by_status}
 
 
+def collect_checks(servers: Servers, sanity: dict[str, Any],
+                   per_config: dict[tuple[str, int], list[dict[str, Any]]]) -> dict[str, Any]:
+    _, upstream_stats = http("GET", servers.standin_stats_url)
+    checks: dict[str, Any] = {"sanity": sanity, "standin_stats": json.loads(upstream_stats)}
+    for who, child in servers.children.items():
+        checks[f"{who}_alive_at_end"] = child.alive()
+    gateway = servers.children.get("gateway")
+    if gateway is not None:
+        checks["gateway_access_log"] = count_access_log(gateway.stderr)
+        checks["wrk_counted_gateway_requests"] = sum(
+            res["gateway"]["requests"] for rs in per_config.values() for res in rs)
+    return checks
+
+
 def run(args: argparse.Namespace, wrk_exe: str) -> dict[str, Any]:
-    py = sys.executable
-    autoglm_bin = Path(py).parent / "autoglm"
-    serve = [str(autoglm_bin)] if autoglm_bin.exists() else [py, "-m", "autoglm"]
     key = "bench-gw-" + secrets.token_urlsafe(24)
     tmp = Path(tempfile.mkdtemp(prefix="autoglm-bench-gw-"))
-    children: list[Child] = []
+    servers = Servers()
     wrk = Wrk(wrk_exe, tmp / "wrk.log")
     try:
-        up_port, gw_port = free_port(), free_port()
-        (tmp / "config.yaml").write_text(
-            "models:\n"
-            f"  - id: {MODEL_ID}\n"
-            "    engine: openai\n"
-            "    instances:\n"
-            f"      - url: http://127.0.0.1:{up_port}/v1\n"
-        )
-        standin = Child("standin", [py, "-m", "autoglm.devtools.standin", "--port", str(up_port),
-                                    "--name", "s1", "--chunks", str(args.chunks)],
-                        tmp / "standin.out", tmp / "standin.err")
-        gateway = Child("gateway", [*serve, "serve", "--config", str(tmp / "config.yaml"),
-                                    "--port", str(gw_port), "--data-dir", str(tmp / "data")],
-                        tmp / "gateway.out", tmp / "gateway.err",  # stderr: JSON access log
-                        env={"AUTOGLM_ADMIN_KEY": key})
-        children += [standin, gateway]
-        standin.start()
-        standin.wait_ready(f"http://127.0.0.1:{up_port}/_stats")
-        gateway.start()
-        gateway.wait_ready(f"http://127.0.0.1:{gw_port}/readyz", timeout_s=90)
-
-        urls = {"direct": f"http://127.0.0.1:{up_port}/v1/chat/completions",
-                "gateway": f"http://127.0.0.1:{gw_port}/v1/chat/completions"}
-        sanity = sanity_check(urls["direct"], urls["gateway"], key, args.chunks)
-        scripts = {}
-        for mode in MODES:
-            scripts[mode] = tmp / f"{mode}.lua"
-            lua_script(scripts[mode], key, stream=(mode == "stream"))
-
+        start_servers(servers, args, tmp, key)
+        sanity = sanity_check(servers.urls, key, args.chunks)
+        scripts = {mode: tmp / f"{mode}.lua" for mode in MODES}
+        for mode, path in scripts.items():
+            lua_script(path, key, stream=(mode == "stream"))
         per_config: dict[tuple[str, int], list[dict[str, Any]]] = {
             (m, c): [] for m in MODES for c in CONNECTIONS}
         for rnd in range(args.rounds):
-            for mode in MODES:
-                for conns in CONNECTIONS:
-                    order = ("direct", "gateway") if rnd % 2 == 0 else ("gateway", "direct")
-                    res: dict[str, Any] = {"round": rnd + 1, "order": list(order)}
-                    for who in order:
-                        wrk.run(urls[who], scripts[mode], conns, WARMUP_S)  # warm-up, discarded
-                        cpu0, up0, host0 = gateway.cpu_s(), standin.cpu_s(), host_cpu()
-                        r = wrk.run(urls[who], scripts[mode], conns, args.duration)
-                        cpu = gateway.cpu_s() - cpu0
-                        r["standin_cpu_share"] = (standin.cpu_s() - up0) / max(r["elapsed_s"], 1e-9)
-                        r["host"] = host_delta(host0, host_cpu())
-                        if who == "gateway":
-                            r["cpu_s"] = cpu
-                            r["cpu_us_per_req"] = cpu / max(r["requests"], 1) * 1e6
-                            r["cpu_share"] = cpu / max(r["elapsed_s"], 1e-9)
-                        res[who] = r
-                    per_config[(mode, conns)].append(res)
-                    d, g = res["direct"], res["gateway"]
-                    print(f"round {rnd + 1}/{args.rounds} {mode:6s} c={conns:<2d}  "
-                          f"direct {d['rps']:8.0f} rps p50 {d['p50_ms']:.3f} ms  |  "
-                          f"gateway {g['rps']:7.0f} rps p50 {g['p50_ms']:.3f} ms "
-                          f"p99 {g['p99_ms']:.3f} ms  cpu {g['cpu_us_per_req']:.0f} us/req",
-                          flush=True)
-        results = [summarize(m, c, per_config[(m, c)]) for m in MODES for c in CONNECTIONS]
-        _, upstream_stats = http("GET", f"http://127.0.0.1:{up_port}/_stats")
-        checks = {
-            "sanity": sanity,
-            "gateway_access_log": count_access_log(tmp / "gateway.err"),
-            "wrk_counted_gateway_requests": sum(
-                res["gateway"]["requests"] for rs in per_config.values() for res in rs),
-            "standin_stats": json.loads(upstream_stats),
-            "gateway_alive_at_end": gateway.proc is not None and gateway.proc.poll() is None,
-        }
-        return {"results": results, "checks": checks}
+            for cfg, res in run_round(rnd, args, wrk, servers, scripts).items():
+                per_config[cfg].append(res)
+        results = [summarize(m, c, args.targets, per_config[(m, c)])
+                   for m in MODES for c in CONNECTIONS]
+        return {"results": results, "checks": collect_checks(servers, sanity, per_config)}
     except Exception:  # not on Ctrl-C / SIGTERM: just clean up
-        for c in children:
-            print(f"--- {c.name} log tail ---\n{c.tail(1500)}", file=sys.stderr)
+        servers.print_tails()
         raise
     finally:
         wrk.kill()
-        for c in reversed(children):
-            c.stop()
+        servers.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def judge(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+# --------------------------------------------------------------------------------------
+# targets and report
+# --------------------------------------------------------------------------------------
+def goal(name: str, limit: str, unit: str, needs: tuple[str, ...], targets: tuple[str, ...],
+         value: Callable[[], float], ok: Callable[[float], bool],
+         errors: Callable[[], int]) -> dict[str, Any]:
+    """A pass/fail line; not measured (met None) when a needed target was left out."""
+    out: dict[str, Any] = {"target": name, "limit": limit, "unit": unit}
+    missing = [t for t in needs if t not in targets]
+    if missing:
+        return {**out, "value": None, "met": None, "note": f"needs --targets {','.join(needs)}"}
+    v = value()
+    return {**out, "value": round(v, 4), "met": ok(v) and errors() == 0}
+
+
+def judge(results: list[dict[str, Any]], targets: tuple[str, ...]) -> list[dict[str, Any]]:
     by = {(r["mode"], r["connections"]): r for r in results}
     c1, c16 = by[("json", 1)], by[("json", 16)]
-    added = c1["added"]["p50_ms"]
-    rps = c16["gateway"]["rps"]
     return [
-        {"target": "p50 added latency, 1 connection, JSON", "limit": f"<= {TARGET_ADDED_P50_MS} ms",
-         "value": round(added, 4), "unit": "ms",
-         "met": added <= TARGET_ADDED_P50_MS and c1["gateway"]["errors"] == 0},
-        {"target": "gateway throughput, 16 connections, JSON",
-         "limit": f">= {TARGET_RPS:.0f} req/s",
-         "value": round(rps, 1), "unit": "req/s",
-         "met": rps >= TARGET_RPS and c16["gateway"]["errors"] == 0},
+        goal("gateway / bare proxy requests/s, 16 connections, JSON",
+             f">= {TARGET_BARE_RATIO}", "x", ("bare", "gateway"), targets,
+             lambda: c16["gateway_over_bare_rps"], lambda v: v >= TARGET_BARE_RATIO,
+             lambda: c16["gateway"]["errors"] + c16["bare"]["errors"]),
+        goal("gateway p50 added over direct, 1 connection, JSON",
+             f"<= {TARGET_ADDED_P50_MS} ms", "ms", ("direct", "gateway"), targets,
+             lambda: c1["added"]["gateway"]["p50_ms"], lambda v: v <= TARGET_ADDED_P50_MS,
+             lambda: c1["gateway"]["errors"] + c1["direct"]["errors"]),
     ]
 
 
-def print_report(results: list[dict[str, Any]], targets: list[dict[str, Any]],
-                 checks: dict[str, Any], wall_s: float) -> None:
+TABLE_COLUMNS = ("mode", "conns", "target", "rps", "p50", "p99", "added p50", "added p99",
+                 "rps/direct", "gw/bare", "CPU us/req", "CPU", "host busy", "errors")
+LABELS = {"direct": "direct", "bare": "bare proxy", "gateway": "gateway"}
+
+
+def table_row(r: dict[str, Any], who: str) -> list[str]:
+    s = r[who]
+    added = r["added"].get(who)
+    ratio = r["rps_over_direct"].get(who)
+    gw_bare = r["gateway_over_bare_rps"] if who == "gateway" else None
+    return [r["mode"], str(r["connections"]), LABELS[who],
+            f"{s['rps']:.0f}", f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}",
+            f"{added['p50_ms']:+.3f}" if added else "", f"{added['p99_ms']:+.3f}" if added else "",
+            f"{ratio:.1%}" if ratio is not None else "",
+            f"{gw_bare:.2f}" if gw_bare is not None else "",
+            f"{s['cpu_us_per_req']:.0f}", f"{s['cpu_share']:.0%}",
+            f"{s['host_busy_cores']:.2f}/{os.cpu_count()}", str(s["errors"])]
+
+
+def checks_line(checks: dict[str, Any]) -> str:
+    line = f"checks: stand-in served {checks['standin_stats'].get('requests')} completions"
+    log = checks.get("gateway_access_log")
+    if log is None:
+        return line
+    statuses = ", ".join(f"{k}: {v}" for k, v in sorted(log["by_status"].items()))
+    return (f"{line}; gateway access log has {log['chat_lines']} chat lines (by status "
+            f"{statuses}; 499 = wrk closed a connection with a request in flight at the end "
+            f"of a run); wrk counted {checks['wrk_counted_gateway_requests']} measured "
+            f"gateway requests (plus warm-ups)")
+
+
+def verdict(tg: dict[str, Any]) -> str:
+    if tg["met"] is None:
+        return f"[yellow]NOT MEASURED[/] ({tg['note']})"
+    return "[bold green]MET[/]" if tg["met"] else "[bold red]MISSED[/]"
+
+
+def print_report(results: list[dict[str, Any]], targets: tuple[str, ...],
+                 goals: list[dict[str, Any]], checks: dict[str, Any], wall_s: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
     con = Console(width=max(Console().width, 150))
     t = Table(title="Gateway overhead (medians over rounds; latency in ms)")
-    for col in ("mode", "conns", "direct rps", "direct p50", "direct p99",
-                "gw rps", "gw p50", "gw p99", "added p50", "added p99",
-                "gw/direct", "gw CPU us/req", "gw CPU", "host busy", "errors"):
-        t.add_column(col, justify="left" if col == "mode" else "right")
+    for col in TABLE_COLUMNS:
+        t.add_column(col, justify="left" if col in ("mode", "target") else "right")
     for r in results:
-        d, g, a = r["direct"], r["gateway"], r["added"]
-        t.add_row(r["mode"], str(r["connections"]),
-                  f"{d['rps']:.0f}", f"{d['p50_ms']:.3f}", f"{d['p99_ms']:.3f}",
-                  f"{g['rps']:.0f}", f"{g['p50_ms']:.3f}", f"{g['p99_ms']:.3f}",
-                  f"{a['p50_ms']:+.3f}", f"{a['p99_ms']:+.3f}",
-                  f"{r['gateway_rps_ratio']:.1%}",
-                  f"{g['cpu_us_per_req']:.0f}", f"{g['cpu_share']:.0%}",
-                  f"{g['host_busy_cores']:.2f}/{os.cpu_count()}",
-                  str(d["errors"] + g["errors"]))
+        for who in targets:
+            t.add_row(*table_row(r, who))
+        t.add_section()
     con.print(t)
-    con.print("added = median over rounds of (gateway - direct); gw CPU = gateway process CPU "
-              "time during the run / wall time (100% = one core); host busy = "
-              "cores busy machine-wide during the gateway runs (wrk + stand-in + gateway + "
-              "anything else)")
-    log = checks["gateway_access_log"]
-    statuses = ", ".join(f"{k}: {v}" for k, v in sorted(log["by_status"].items()))
-    con.print(f"checks: gateway access log has {log['chat_lines']} chat lines "
-              f"(by status {statuses}; 499 = wrk closed a connection with a request in "
-              f"flight at the end of a run); wrk counted "
-              f"{checks['wrk_counted_gateway_requests']} measured gateway requests "
-              f"(plus warm-ups); "
-              f"stand-in served {checks['standin_stats'].get('requests')} completions")
-    for tg in targets:
-        verdict = "[bold green]MET[/]" if tg["met"] else "[bold red]MISSED[/]"
-        con.print(f"target: {tg['target']} {tg['limit']}: {tg['value']} {tg['unit']} -> {verdict}")
+    con.print("added = median over rounds of (target - direct); rps/direct and gw/bare = "
+              "median over rounds of the requests/s ratio; CPU = CPU time of the server wrk "
+              "talks to (its whole process group; the stand-in for direct) per request and "
+              "per second of wall time (100% = one core); host busy = cores busy "
+              "machine-wide during the run (wrk + stand-in + proxy + anything else)")
+    con.print(checks_line(checks))
+    for tg in goals:
+        value = "-" if tg["value"] is None else f"{tg['value']} {tg['unit']}"
+        con.print(f"target: {tg['target']} {tg['limit']}: {value} -> {verdict(tg)}")
     con.print(f"total runtime {wall_s:.0f} s")
 
 
-def main(argv: list[str] | None = None) -> int:
+# --------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------
+def parse_targets(text: str) -> tuple[str, ...]:
+    """``direct,bare,gateway`` (any subset, any order) -> the chosen names, canonical order."""
+    names = {t.strip() for t in text.split(",") if t.strip()}
+    unknown = sorted(names - set(TARGETS))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
+    if not names:
+        raise argparse.ArgumentTypeError("no target given")
+    return tuple(t for t in TARGETS if t in names)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported")
     p.add_argument("--duration", type=int, default=5, help="seconds per measured wrk run")
     p.add_argument("--chunks", type=int, default=8, help="content chunks per streamed answer")
+    p.add_argument("--workers", type=int, default=1,
+                   help="gateway worker processes (autoglm serve --workers N; "
+                        "not passed when 1)")
+    p.add_argument("--targets", type=parse_targets, default=TARGETS,
+                   help=f"comma-separated subset of {','.join(TARGETS)} (default: all)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gateway.json")
     args = p.parse_args(argv)
-    if args.rounds < 1 or args.duration < 1 or args.chunks < 1:
-        p.error("--rounds, --duration and --chunks must be >= 1")
+    if min(args.rounds, args.duration, args.chunks, args.workers) < 1:
+        p.error("--rounds, --duration, --chunks and --workers must be >= 1")
+    return args
+
+
+def write_json(args: argparse.Namespace, out: dict[str, Any], goals: list[dict[str, Any]],
+               wrk_exe: str, started: float, wall_s: float) -> None:
+    version = subprocess.run([wrk_exe, "-v"], capture_output=True, text=True).stdout.splitlines()
+    doc = {
+        "benchmark": "gateway",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "wall_s": round(wall_s, 1),
+        "argv": sys.argv,
+        "settings": {"rounds": args.rounds, "duration_s": args.duration, "warmup_s": WARMUP_S,
+                     "chunks": args.chunks, "connections": list(CONNECTIONS),
+                     "targets": list(args.targets), "gateway_workers": args.workers,
+                     "wrk": version[0] if version else None, "wrk_threads": 1},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+        "targets": goals,
+        "checks": out["checks"],
+        "results": out["results"],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     wrk_exe = shutil.which("wrk")
     if wrk_exe is None:
         print(f"error: wrk not found; {WRK_MISSING}", file=sys.stderr)
@@ -483,26 +702,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     out = run(args, wrk_exe)
     wall_s = time.perf_counter() - t0
-    targets = judge(out["results"])
-    print_report(out["results"], targets, out["checks"], wall_s)
-    version = subprocess.run([wrk_exe, "-v"], capture_output=True, text=True).stdout.splitlines()
-    doc = {
-        "benchmark": "gateway",
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "wall_s": round(wall_s, 1),
-        "argv": sys.argv,
-        "settings": {"rounds": args.rounds, "duration_s": args.duration, "warmup_s": WARMUP_S,
-                     "chunks": args.chunks, "connections": list(CONNECTIONS),
-                     "wrk": version[0] if version else None, "wrk_threads": 1},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-        "targets": targets,
-        "checks": out["checks"],
-        "results": out["results"],
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    goals = judge(out["results"], args.targets)
+    print_report(out["results"], args.targets, goals, out["checks"], wall_s)
+    write_json(args, out, goals, wrk_exe, started, wall_s)
     return 0
 
 

@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     # --- HTTP ----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8080, ge=0, le=65535, description="TCP port of the HTTP server.")
+    workers: int = Field(
+        1, ge=1, le=64,
+        description="Gateway processes sharing the port (and one set of engine processes).")
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest accepted request body in bytes; more is a 413."
     )
@@ -335,6 +338,27 @@ class Settings(BaseSettings):
             else:
                 out[name] = value
         return out
+
+
+def revealed(model: BaseModel) -> dict[str, Any]:
+    """Every field as JSON-ready data with secrets in clear: only for handing settings to
+    a process of our own over a pipe (gateway workers), never for logs or files."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, BaseModel):
+            return {k: plain(getattr(value, k)) for k in type(value).model_fields}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {k: plain(getattr(model, k)) for k in type(model).model_fields
+            if not type(model).model_fields[k].exclude}
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

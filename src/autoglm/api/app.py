@@ -52,11 +52,14 @@ def create_app(
     announce: Announce | None = None,
     engines: dict[str, Engine] | None = None,
     extra_stages: dict[str, list[Stage]] | None = None,
+    primary: bool = True,
 ) -> Starlette:
-    """``extra_stages`` inserts pipeline stages before the named stage (tests, embedders)."""
+    """``extra_stages`` inserts pipeline stages before the named stage (tests, embedders).
+    ``primary=False``: a gateway worker, whose main process applied the migrations."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     db = Database(database_url(settings))
-    db.upgrade()  # migrations are applied at every start
+    if primary:
+        db.upgrade()  # migrations are applied at every start
     auth = bootstrap(settings, announce or _log_announce, db)
     metrics = Metrics()
     # Unix socket paths are limited to ~100 bytes: keep them short, private and per-app.

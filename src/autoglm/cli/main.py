@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import ssl
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -58,6 +57,8 @@ def serve(
     config: ConfigOpt = None,
     host: Annotated[Optional[str], typer.Option(help="Bind address.")] = None,
     port: Annotated[Optional[int], typer.Option(help="TCP port (default 8080).")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        help="Gateway processes on the port, sharing one engine per model.")] = None,
     model_path: Annotated[Optional[Path], typer.Option(help="GGUF file to serve.")] = None,
     model: Annotated[Optional[str], typer.Option(
         help="A registered model to serve, by name.")] = None,
@@ -79,8 +80,8 @@ def serve(
     """Serve the OpenAI-compatible API (embedded llama.cpp engine by default)."""
     try:
         settings = load_settings(
-            config, host=host, port=port, model=model, model_path=model_path, model_id=model_id,
-            engine=engine,
+            config, host=host, port=port, workers=workers, model=model, model_path=model_path,
+            model_id=model_id, engine=engine,
             slots=slots,
             ctx_per_slot=ctx_per_slot, n_threads=n_threads, max_queue=max_queue,
             data_dir=data_dir, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
@@ -92,34 +93,21 @@ def serve(
 
 
 def run_server(settings: Settings) -> None:
-    import uvicorn
-
-    from autoglm.api.app import create_app
     from autoglm.logs import setup_logging
+    from autoglm.serving.server import run_single
+    from autoglm.serving.workers import run_workers
 
     setup_logging(settings.log_level)
-    app = create_app(settings, announce=_announce_key)
-    kwargs: dict = {}
-    if settings.tls_enabled:
-        kwargs = {"ssl_certfile": str(settings.ssl_certfile),
-                  "ssl_keyfile": str(settings.ssl_keyfile)}
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-        server_header=False, timeout_graceful_shutdown=10, **kwargs,
-    )
-    config.load()
-    if config.ssl is not None:
-        config.ssl.minimum_version = (
-            ssl.TLSVersion.TLSv1_2 if settings.tls_allow_1_2 else ssl.TLSVersion.TLSv1_3
-        )
     scheme = "https" if settings.tls_enabled else "http"
-    _err_console().print(
-        f"Open-AutoGLM {__version__} listening on {scheme}://{settings.host}:{settings.port}/v1",
-        highlight=False,
-    )
-    server = uvicorn.Server(config)
-    server.run()
-    if not server.started:
+
+    def ready() -> None:
+        workers = f" ({settings.workers} workers)" if settings.workers > 1 else ""
+        _err_console().print(
+            f"Open-AutoGLM {__version__} listening on "
+            f"{scheme}://{settings.host}:{settings.port}/v1{workers}", highlight=False)
+
+    run = run_workers if settings.workers > 1 else run_single
+    if not run(settings, _announce_key, ready):
         raise typer.Exit(1)
 
 

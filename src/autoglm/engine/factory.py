@@ -11,7 +11,7 @@ from autoglm.engine.catalog import is_gguf, resolve_model
 from autoglm.engine.llamacpp.client import LlamaCppEngine
 from autoglm.engine.upstream.client import UpstreamEngine
 from autoglm.errors import ConfigError
-from autoglm.settings import Settings
+from autoglm.settings import ModelSpec, Settings
 from autoglm.supply import trust
 from autoglm.supply.registry import Registry
 
@@ -36,6 +36,22 @@ def build_engines(settings: Settings, run_dir: Path) -> dict[str, Engine]:
         return _managed_vllm(settings, run_dir)
     path, model_id = resolve_model(settings.model_path, settings.model_id)
     return {model_id: _llamacpp(settings, path, model_id, run_dir)}
+
+
+def attach_engines(settings: Settings, specs: list[dict]) -> dict[str, Engine]:
+    """A gateway worker's engines: handles on the engine processes the main process started
+    (``attach_spec`` of each), so N workers share one engine per model."""
+    engines: dict[str, Engine] = {}
+    for spec in specs:
+        if spec["kind"] == "llamacpp":
+            sock = Path(spec["socket"])
+            engines[spec["model_id"]] = LlamaCppEngine(
+                settings, Path(spec["model_path"]), spec["model_id"], sock.parent,
+                verification=spec.get("verification"), attached=True)
+        else:
+            model = ModelSpec.model_validate(spec["spec"])
+            engines[model.id] = UpstreamEngine(settings, model)
+    return engines
 
 
 def _llamacpp(settings: Settings, path: Path, model_id: str, run_dir: Path) -> LlamaCppEngine:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from autoglm.engine import ipc
 from autoglm.engine.admission import AdmissionQueue
+from autoglm.engine.attached import AttachedProcess
 from autoglm.engine.base import (
     Delta,
     EngineHealth,
@@ -33,7 +34,9 @@ from autoglm.settings import Settings
 
 class LlamaCppEngine:
     def __init__(self, settings: Settings, model_path: Path, model_id: str, run_dir: Path,
-                 verification: dict | None = None) -> None:
+                 verification: dict | None = None, *, attached: bool = False) -> None:
+        """``attached``: the engine process belongs to another process (the main process
+        of ``--workers N``); this handle only connects to its socket and watches it."""
         self.settings = settings
         self.model_path = model_path
         self.socket_path = run_dir / f"engine-{model_id}.sock"
@@ -54,13 +57,23 @@ class LlamaCppEngine:
             "--default-max-tokens", str(settings.default_max_tokens),
             "--log-level", settings.log_level,
         )
-        self.supervisor = ProcessSupervisor(
-            f"llamacpp:{model_id}", argv, self._probe,
-            start_timeout_s=settings.engine_start_timeout_s,
-            backoff_min_s=settings.engine_restart_backoff_min_s,
-            backoff_max_s=settings.engine_restart_backoff_max_s,
-        )
+        self.supervisor: ProcessSupervisor | AttachedProcess
+        if attached:
+            self.supervisor = AttachedProcess(f"llamacpp:{model_id}", self._probe_pid,
+                                              start_timeout_s=settings.engine_start_timeout_s)
+        else:
+            self.supervisor = ProcessSupervisor(
+                f"llamacpp:{model_id}", argv, self._probe,
+                start_timeout_s=settings.engine_start_timeout_s,
+                backoff_min_s=settings.engine_restart_backoff_min_s,
+                backoff_max_s=settings.engine_restart_backoff_max_s,
+            )
         self.last_hello: dict | None = None
+
+    def attach_spec(self) -> dict:
+        """What a gateway worker needs to reach this engine (``factory.attach_engines``)."""
+        return {"kind": "llamacpp", "model_id": self.model.id, "model_path": str(self.model_path),
+                "socket": str(self.socket_path), "verification": self.model.verification}
 
     async def start(self) -> None:
         await self.supervisor.start()
@@ -91,11 +104,15 @@ class LlamaCppEngine:
         return msg
 
     async def _probe(self) -> bool:
+        return await self._probe_pid() is not None
+
+    async def _probe_pid(self) -> int | None:
         try:
             self.last_hello = await self._hello(2.0)
-            return True
         except (OSError, ConnectionError, asyncio.TimeoutError, ValueError):
-            return False
+            return None
+        pid = self.last_hello.get("pid")
+        return pid if isinstance(pid, int) else -1
 
     async def health(self) -> EngineHealth:
         sup = self.supervisor

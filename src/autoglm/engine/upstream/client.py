@@ -33,7 +33,7 @@ from autoglm.errors import (
     error_from_openai_body,
 )
 from autoglm.pipeline.request import InferenceRequest
-from autoglm.settings import ModelSpec, Settings
+from autoglm.settings import ModelSpec, Settings, revealed
 
 log = logging.getLogger("autoglm.upstream")
 
@@ -99,6 +99,10 @@ class UpstreamEngine:
             self._probe_task.cancel()
         if self.session is not None:
             await self.session.close()
+
+    def attach_spec(self) -> dict[str, Any]:
+        """What a gateway worker needs to route to the same instances."""
+        return {"kind": "upstream", "spec": revealed(self.spec)}
 
     # --- active health ---------------------------------------------------------------------
     async def _probe_loop(self) -> None:

@@ -7,10 +7,13 @@ logger unless ``log_prompts`` is on.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
+import threading
 import time
 from contextvars import ContextVar
+from typing import TextIO
 
 import orjson
 
@@ -23,11 +26,19 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, component: str) -> None:
         super().__init__()
         self.component = component
+        self._second = -1
+        self._stamp = ""
+
+    def _ts(self, created: float, msecs: float) -> str:
+        second = int(created)
+        if second != self._second:  # strftime once a second, not once a line
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int(msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self._ts(record.created, record.msecs),
             "level": record.levelname.lower(),
             "logger": record.name,
             "component": self.component,
@@ -42,8 +53,108 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+class BatchingStreamHandler(logging.Handler):
+    """Writes lines in batches: at once for warnings and errors, otherwise within
+    ``interval_s`` (a background thread), and at exit. One write system call per busy
+    interval instead of one per request line; each write ends on a line boundary and
+    stays under ``PIPE_BUF``, so processes sharing stderr never split each other's lines.
+    """
+
+    CHUNK = 4096
+
+    def __init__(self, stream: TextIO, interval_s: float = 0.05) -> None:
+        super().__init__()
+        self.stream = stream
+        self.interval_s = interval_s
+        self._lines: list[str] = []
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="log-flush", daemon=True)
+        self._thread.start()
+        atexit.register(self.flush)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # noqa: BLE001 - logging must never break the caller
+            self.handleError(record)
+            return
+        with self.lock:  # type: ignore[union-attr]
+            self._lines.append(line)
+        if record.levelno >= logging.WARNING:
+            self.flush()
+        else:
+            self._wake.set()
+
+    def write_fields(self, logger: str, msg: str, fields: dict[str, object]) -> None:
+        """One info line built straight from ``fields``, without a ``LogRecord`` (the
+        per-request access line); the same JSON shape as every other line."""
+        formatter = self.formatter
+        component = formatter.component if isinstance(formatter, JsonFormatter) else ""
+        now = time.time()
+        stamp = formatter._ts(now, (now % 1) * 1000) if isinstance(formatter, JsonFormatter) \
+            else str(now)
+        line = orjson.dumps({"ts": stamp, "level": "info", "logger": logger,
+                             "component": component, "msg": msg,
+                             "request_id": request_id_var.get(), **fields},
+                            default=str).decode()
+        with self.lock:  # type: ignore[union-attr]
+            self._lines.append(line)
+        self._wake.set()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            lines, self._lines = self._lines, []
+            if not lines:
+                return
+            chunk: list[str] = []
+            size = 0
+            try:
+                for line in lines:
+                    if size + len(line) + 1 > self.CHUNK and chunk:
+                        self.stream.write("\n".join(chunk) + "\n")
+                        self.stream.flush()
+                        chunk, size = [], 0
+                    chunk.append(line)
+                    size += len(line) + 1
+                self.stream.write("\n".join(chunk) + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # stderr closed: nothing left to tell
+                pass
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(self.interval_s)  # gather what the next interval brings
+            self._wake.clear()
+            self.flush()
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
+
+
+class AccessLog:
+    """The access log's one line per request: through the batching handler directly when
+    logging is set up as ``setup_logging`` does (a few microseconds less per request),
+    else through the ``autoglm.access`` logger."""
+
+    def __init__(self) -> None:
+        self.logger = logging.getLogger("autoglm.access")
+
+    def write(self, fields: dict[str, object]) -> None:
+        logger = self.logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        if logger.propagate and not logger.handlers:
+            for handler in logging.getLogger().handlers:
+                if isinstance(handler, BatchingStreamHandler):
+                    handler.write_fields(logger.name, "request", fields)
+                    return
+        logger.info("request", extra=fields)
+
+
 def setup_logging(level: str, component: str = "gateway") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BatchingStreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(component))
     root = logging.getLogger()
     root.handlers[:] = [handler]

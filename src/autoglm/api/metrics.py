@@ -37,14 +37,33 @@ class Metrics:
         self.completion_tokens = Counter(
             "autoglm_completion_tokens", "Completion tokens generated.", ["model"], registry=r
         )
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._models: dict[str, tuple[Any, Any, Any]] = {}
 
     def watch_engines(self, engines: dict[str, Any]) -> None:
         """Engine and instance state, read at scrape time."""
         self.registry.register(_EngineCollector(engines))
 
     def observe_request(self, route: str, model: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, model, str(status)).inc()
-        self.duration.labels(route, model).observe(seconds)
+        key = (route, model, status)
+        children = self._children.get(key)
+        if children is None:  # labels() costs more than the update; look each set up once
+            children = (self.requests.labels(route, model, str(status)),
+                        self.duration.labels(route, model))
+            if len(self._children) < 10_000:  # bounded: routes and models are few
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def per_model(self, model: str) -> tuple[Any, Any, Any]:
+        """(ttft, prompt tokens, completion tokens) of one model."""
+        found = self._models.get(model)
+        if found is None:
+            found = (self.ttft.labels(model), self.prompt_tokens.labels(model),
+                     self.completion_tokens.labels(model))
+            if len(self._models) < 10_000:
+                self._models[model] = found
+        return found
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -16,9 +16,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,13 +26,13 @@ from autoglm.api.errors import error_body, error_headers, to_error
 from autoglm.api.metrics import Metrics
 from autoglm.api.routes import RouteTable
 from autoglm.errors import PayloadTooLargeError
-from autoglm.logs import request_id_var
+from autoglm.logs import AccessLog, request_id_var
 from autoglm.pipeline.context import RequestContext
 from autoglm.security.auth import Authenticator
 
 log = logging.getLogger("autoglm.access")
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def _headers(scope: Scope) -> tuple[str | None, str | None, str | None, str | None]:
@@ -58,6 +58,7 @@ class GatewayMiddleware:
         self.metrics = metrics
         self.routes = routes
         self.max_body = max_body_bytes
+        self.access = AccessLog()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,7 +66,7 @@ class GatewayMiddleware:
             return
         started = time.perf_counter()
         given, credentials, project, length = _headers(scope)
-        rid = given if given and _SAFE_ID.match(given) else f"req_{uuid.uuid4().hex}"
+        rid = given if given and SAFE_REQUEST_ID.match(given) else f"req_{os.urandom(16).hex()}"
         token = request_id_var.set(rid)
         ctx = RequestContext(rid, "http", credentials, project or None, started=started)
         scope.setdefault("state", {})["ctx"] = ctx
@@ -119,14 +120,11 @@ class GatewayMiddleware:
         status = status or 499  # client went away before any response
         self.metrics.observe_request(route, ctx.model, status, elapsed)
         identity = ctx.identity
-        log.info(
-            "request",
-            extra={
-                "method": scope["method"],
-                "path": route if route != "unmatched" else scope["path"][:200],
-                "status": status,
-                "model": ctx.model or None,
-                "principal": identity.id if identity is not None else None,
-                "duration_ms": round(elapsed * 1e3, 2),
-            },
-        )
+        self.access.write({
+            "method": scope["method"],
+            "path": route if route != "unmatched" else scope["path"][:200],
+            "status": status,
+            "model": ctx.model or None,
+            "principal": identity.id if identity is not None else None,
+            "duration_ms": round(elapsed * 1e3, 2),
+        })

@@ -35,32 +35,45 @@ async def _wait_disconnect(receive: Receive) -> None:
             return
 
 
+WATCH_AFTER_S = 0.02
+
+
 async def race_disconnect(receive: Receive, work: Awaitable[T]) -> T:
     """Await ``work`` in this task; if the client disconnects first, cancel it and raise.
 
-    One watcher task per call (no extra task for the work, no ``asyncio.wait``): on the
-    hot path of every request, that is measurably cheaper.
+    The watcher of ``http.disconnect`` starts only after ``WATCH_AFTER_S``: most requests
+    through a fast upstream are done by then and cost one timer instead of a task. A
+    client gone earlier is seen the moment the watcher starts.
     """
     current = asyncio.current_task()
     if current is None:
         raise RuntimeError("race_disconnect must run inside a task")
-    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    loop = asyncio.get_running_loop()
+    watcher: list[asyncio.Task[None]] = []
 
     def on_disconnect(task: asyncio.Future[None]) -> None:
         if not task.cancelled() and task.exception() is None:
             current.cancel()
 
-    watcher.add_done_callback(on_disconnect)
+    def watch() -> None:
+        task = loop.create_task(_wait_disconnect(receive))
+        task.add_done_callback(on_disconnect)
+        watcher.append(task)
+
+    timer = loop.call_later(WATCH_AFTER_S, watch)
     try:
         return await work
     except asyncio.CancelledError:
-        if watcher.done() and not watcher.cancelled() and watcher.exception() is None:
+        if watcher and watcher[0].done() and not watcher[0].cancelled() \
+                and watcher[0].exception() is None:
             current.uncancel()
             raise ClientDisconnected() from None
         raise
     finally:
-        watcher.remove_done_callback(on_disconnect)
-        watcher.cancel()
+        timer.cancel()
+        if watcher:
+            watcher[0].remove_done_callback(on_disconnect)
+            watcher[0].cancel()
 
 
 class SSEResponse:

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from autoglm.cli.output import fail
 from autoglm.errors import AutoGLMError
 from autoglm.settings import load_settings
 from autoglm.supply.registry import Registry
@@ -16,12 +17,6 @@ from autoglm.supply.registry import Registry
 bundle_app = typer.Typer(help="Offline bundles: wheels, models, SBOM, install script.",
                          no_args_is_help=True)
 Config = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML settings file.")]
-
-
-def _fail(message: str) -> typer.Exit:
-    from autoglm.cli.main import _fail as fail
-
-    return fail(message)
 
 
 def _console() -> Console:
@@ -41,7 +36,7 @@ def bundle_create(out: Annotated[Path, typer.Argument(help="New directory to wri
     try:
         meta = bundle.create(out, model, Registry(load_settings(config).data_dir), err.print)
     except AutoGLMError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
     wheels = sum(1 for f in meta["files"] if f.startswith("wheels/"))
     size = sum(m["size"] for m in meta["files"].values())
     err.print(f"bundle written to {out}: {wheels} wheels, {len(meta['models'])} model(s), "
@@ -61,7 +56,7 @@ def bundle_verify(path: Path, pubkey: Annotated[Optional[Path], typer.Option(
     try:
         report = bundle.verify(path, pubkey)
     except AutoGLMError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
     if as_json:
         print(json.dumps({"intact": report.intact, "changed": report.changed,
                           "missing": report.missing, "extra": report.extra,
@@ -95,5 +90,5 @@ def bundle_install(path: Path, pubkey: Annotated[Optional[list[Path]], typer.Opt
         entries = bundle.install(path, Registry(settings.data_dir), err.print,
                                  keys=[*(pubkey or []), *settings.trusted_keys])
     except AutoGLMError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
     err.print(f"registered {', '.join(e['name'] for e in entries)} in {settings.data_dir}")

@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from autoglm.cli.output import fail
 from autoglm.errors import AutoGLMError
 from autoglm.settings import load_settings
 
@@ -98,12 +99,10 @@ def _show(data: Any, as_json: bool, columns: list[str], title: str) -> None:
 
 
 def _run(fn: Any) -> None:
-    from autoglm.cli.main import _fail
-
     try:
         fn()
     except AutoGLMError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
 
 
 # --- tenants ----------------------------------------------------------------------------------

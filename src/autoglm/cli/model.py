@@ -19,6 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from autoglm.cli.output import fail
 from autoglm.errors import AutoGLMError
 from autoglm.settings import load_settings
 from autoglm.supply import manifest as mf
@@ -51,12 +52,6 @@ def _size(root: Path) -> int:
     return sum(p.stat().st_size for p in mf.model_files(root)) if root.exists() else 0
 
 
-def _fail(message: str) -> typer.Exit:
-    from autoglm.cli.main import _fail as fail
-
-    return fail(message)
-
-
 @model_app.command("add")
 def model_add(path: Path, name: Annotated[Optional[str], typer.Option(
         help="Registry name (default: the file or directory name).")] = None,
@@ -66,7 +61,7 @@ def model_add(path: Path, name: Annotated[Optional[str], typer.Option(
         with _hashing(_size(path.expanduser()), "hashing") as progress:
             entry = _registry(config).add(path, name, progress=progress)
     except AutoGLMError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
     if as_json:
         print(json.dumps(entry, indent=2))
         return
@@ -92,7 +87,7 @@ def model_verify(name: str, pubkey: Annotated[Optional[Path], typer.Option(
 
             signer = verify_signature(reg, name, pubkey)
     except AutoGLMError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
     report = {"name": name, "intact": result.intact, "changed": result.changed,
               "missing": result.missing, "extra": result.extra, "signed_by": signer}
     if as_json:
@@ -115,7 +110,7 @@ def model_list(config: Config = None, as_json: AsJson = False) -> None:
     try:
         entries = _registry(config).list()
     except AutoGLMError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
     if as_json:
         print(json.dumps(entries, indent=2))
         return
@@ -138,7 +133,7 @@ def model_remove(name: str, config: Config = None) -> None:
     try:
         entry = _registry(config).remove(name)
     except AutoGLMError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
     Console(stderr=True).print(f"removed {name} from the registry; files stay at {entry['path']}",
                                highlight=False)
 
@@ -157,7 +152,7 @@ def model_quantize(name: str,
         with err.status(f"quantizing {name} to {qtype} with llama.cpp..."):
             entry = quantize(_registry(config), name, qtype, out)
     except AutoGLMError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
     if as_json:
         print(json.dumps(entry, indent=2))
         return
@@ -177,7 +172,7 @@ def model_sign(name: str, key: Annotated[Path, typer.Option(
         with err.status(f"signing {name}..."):
             entry = sign(_registry(config), name, key)
     except AutoGLMError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
     err.print(f"signed {name} with {entry['signed_by']}", highlight=False)
 
 
@@ -248,7 +243,7 @@ def model_pull(repo: Annotated[str, typer.Argument(help="Repository, ORG/NAME.")
                                          endpoint=endpoint, include=list(include or []),
                                          name=name))
     except AutoGLMError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
     finally:
         reporter.done()
     entry = result.entry

@@ -10,8 +10,8 @@ Usage is always known to the pipeline; the client sees it only where it asked
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,7 +37,7 @@ class OpenAIEncoder:
         self.include_usage = req.include_usage
         self.model = answer.ctx.model
         self.created = int(time.time())
-        self.id = f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.id = f"{'chatcmpl' if self.chat else 'cmpl'}-{os.urandom(16).hex()}"
         self.object = "chat.completion.chunk" if self.chat else "text_completion"
 
     # --- streams ---------------------------------------------------------------------------

@@ -9,7 +9,6 @@ a key exists, is malformed, or was close.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -58,9 +57,7 @@ class Authenticator:
         token = token.strip()
         if scheme.lower() != "bearer" or not token or len(token) > 256:
             raise AuthenticationError(BAD_KEY)
-        hit, identity = self.keys.cached(token)
-        if not hit:
-            identity = await asyncio.to_thread(self.keys.lookup, token)
+        identity = await self.keys.resolve(token)
         if identity is None:
             raise AuthenticationError(BAD_KEY)
         return identity

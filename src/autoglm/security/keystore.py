@@ -8,6 +8,7 @@ Expiry is checked at every lookup against the injected clock, never cached.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,6 +65,11 @@ class KeyService:
         self.cache_ttl_s = cache_ttl_s
         self._cache: dict[str, tuple[Identity | None, float]] = {}
         self._pinned: dict[str, Identity] = {}  # in-process tokens: never stored anywhere
+        # One database lookup per key at a time, however many requests want it at once;
+        # a revocation or rotation bumps the generation, so a lookup that was already in
+        # flight never puts its (older) answer back into the cache.
+        self._inflight: dict[str, asyncio.Future[Identity | None]] = {}
+        self._generation = 0
 
     def pin(self, secret: str, identity: Identity) -> None:
         """Accept ``secret`` for ``identity`` in this process only (the local CLI)."""
@@ -81,14 +87,45 @@ class KeyService:
             return False, None
         return True, self._valid(entry[0])
 
+    async def resolve(self, secret: str) -> Identity | None:
+        """The key's identity: from the cache, else from the database off the event loop,
+        with concurrent lookups of the same key sharing one query."""
+        hit, identity = self.cached(secret)
+        if hit:
+            return identity
+        digest = keys.hash_key(self.pepper, secret)
+        fut = self._inflight.get(digest)
+        if fut is not None:
+            return self._valid(await asyncio.shield(fut))
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[digest] = fut
+        generation = self._generation
+        try:
+            found = await asyncio.to_thread(self._load, digest)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: waiters get it, nobody else needs to
+            raise
+        finally:
+            del self._inflight[digest]
+        if generation == self._generation:
+            self._remember(digest, found)
+        fut.set_result(found)
+        return self._valid(found)
+
     def lookup(self, secret: str) -> Identity | None:
         """From the database (blocking; call off the event loop), then cached."""
         digest = keys.hash_key(self.pepper, secret)
+        generation = self._generation
         identity = self._load(digest)
+        if generation == self._generation:
+            self._remember(digest, identity)
+        return self._valid(identity)
+
+    def _remember(self, digest: str, identity: Identity | None) -> None:
         if len(self._cache) > 100_000:
             self._cache.clear()
         self._cache[digest] = (identity, time.monotonic())
-        return self._valid(identity)
 
     def _valid(self, identity: Identity | None) -> Identity | None:
         if identity is None:
@@ -121,6 +158,7 @@ class KeyService:
             )
 
     def forget(self, key_hash: str | None = None) -> None:
+        self._generation += 1
         if key_hash is None:
             self._cache.clear()
         else:

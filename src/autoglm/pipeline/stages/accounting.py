@@ -20,10 +20,10 @@ class Accounting(Stage):
     def after(self, ctx: RequestContext) -> None:
         if not ctx.model:
             return
-        m = self.metrics
+        ttft, prompt, completion = self.metrics.per_model(ctx.model)
         if ctx.first_token_at is not None:
-            m.ttft.labels(ctx.model).observe(ctx.first_token_at - ctx.started)
+            ttft.observe(ctx.first_token_at - ctx.started)
         if ctx.prompt_tokens:
-            m.prompt_tokens.labels(ctx.model).inc(ctx.prompt_tokens)
+            prompt.inc(ctx.prompt_tokens)
         if ctx.completion_tokens:
-            m.completion_tokens.labels(ctx.model).inc(ctx.completion_tokens)
+            completion.inc(ctx.completion_tokens)

@@ -30,15 +30,21 @@ def sse(data: dict[str, Any]) -> bytes:
 
 
 class OpenAIEncoder:
-    __slots__ = ("chat", "include_usage", "id", "created", "model", "object")
+    __slots__ = ("chat", "include_usage", "_id", "created", "model", "object")
 
     def __init__(self, req: InferenceRequest, answer: Answer) -> None:
         self.chat = req.kind == "chat"
         self.include_usage = req.include_usage
         self.model = answer.ctx.model
         self.created = int(time.time())
-        self.id = f"{'chatcmpl' if self.chat else 'cmpl'}-{os.urandom(16).hex()}"
+        self._id: str | None = None  # made when first needed: upstream answers have theirs
         self.object = "chat.completion.chunk" if self.chat else "text_completion"
+
+    @property
+    def id(self) -> str:
+        if self._id is None:
+            self._id = f"{'chatcmpl' if self.chat else 'cmpl'}-{os.urandom(16).hex()}"
+        return self._id
 
     # --- streams ---------------------------------------------------------------------------
     def chunk(self, ev: Delta) -> dict[str, Any]:
@@ -68,7 +74,7 @@ class OpenAIEncoder:
     def _adopt(self, raw: dict[str, Any]) -> None:
         """Chunks we make later (held text released by a stage) match the upstream's."""
         if isinstance(raw.get("id"), str):
-            self.id = raw["id"]
+            self._id = raw["id"]
         if isinstance(raw.get("created"), int):
             self.created = raw["created"]
         if isinstance(raw.get("model"), str):

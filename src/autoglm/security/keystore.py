@@ -23,6 +23,7 @@ from autoglm.store.db import Database
 from autoglm.store.models import ApiKey, Principal, RoleBinding, utcnow
 
 Clock = Callable[[], datetime]
+DIGEST_CACHE = 4096
 InTransaction = Callable[[Session, ApiKey], None]  # e.g. add the audit event of the change
 
 
@@ -70,6 +71,18 @@ class KeyService:
         # flight never puts its (older) answer back into the cache.
         self._inflight: dict[str, asyncio.Future[Identity | None]] = {}
         self._generation = 0
+        # Presented secret -> its keyed hash, for the keys in use right now: a dict lookup
+        # instead of an HMAC per request. Bounded; the oldest entry goes first.
+        self._digests: dict[str, str] = {}
+
+    def _digest(self, secret: str) -> str:
+        digest = self._digests.get(secret)
+        if digest is None:
+            digest = keys.hash_key(self.pepper, secret)
+            if len(self._digests) >= DIGEST_CACHE:
+                del self._digests[next(iter(self._digests))]
+            self._digests[secret] = digest
+        return digest
 
     def pin(self, secret: str, identity: Identity) -> None:
         """Accept ``secret`` for ``identity`` in this process only (the local CLI)."""
@@ -78,7 +91,7 @@ class KeyService:
     # --- lookup (hot path) ------------------------------------------------------------------
     def cached(self, secret: str) -> tuple[bool, Identity | None]:
         """(hit, identity) from memory only; a hit with None means 'known bad'."""
-        digest = keys.hash_key(self.pepper, secret)
+        digest = self._digest(secret)
         pinned = self._pinned.get(digest)
         if pinned is not None:
             return True, pinned
@@ -93,7 +106,7 @@ class KeyService:
         hit, identity = self.cached(secret)
         if hit:
             return identity
-        digest = keys.hash_key(self.pepper, secret)
+        digest = self._digest(secret)
         fut = self._inflight.get(digest)
         if fut is not None:
             return self._valid(await asyncio.shield(fut))

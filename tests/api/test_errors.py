@@ -138,7 +138,7 @@ async def test_unknown_fields_are_ignored(api: AppClient) -> None:
 async def test_prompt_longer_than_context_names_both_numbers(api: AppClient) -> None:
     long = " ".join(["word"] * 700)  # ~700 tokens against a 512-token slot
     resp = await api.post("/v1/completions", {"model": MODEL, "prompt": long})
-    err = assert_openai_error(resp, 400, "context_length_exceeded")
+    err = assert_openai_error(resp, 400, "context_length_exceeded", "prompt")
     assert "512" in err["message"]
     tokens = [int(t) for t in err["message"].replace(".", " ").split() if t.isdigit()]
     assert any(t > 512 for t in tokens), err["message"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from jinja2 import TemplateError
@@ -15,6 +16,12 @@ CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+# Stands in for a message's content while the template is rendered; private-use
+# characters, and never in the rendered text otherwise (contents are not in it).
+_PLACEHOLDER = "\ue000{}\ue001"
+_SPLIT = re.compile("\ue000(\\d+)\ue001")
 
 
 def _raise(message: str) -> None:
@@ -34,9 +41,9 @@ class PromptBuilder:
         self._bos = model.bos_text
         self._eos = model.eos_text
 
-    def chat(self, messages: list[dict[str, Any]]) -> list[int]:
+    def _render(self, messages: list[dict[str, Any]]) -> str:
         try:
-            text = self._template.render(
+            return self._template.render(
                 messages=messages,
                 add_generation_prompt=True,
                 bos_token=self._bos,
@@ -48,21 +55,55 @@ class PromptBuilder:
             raise InvalidRequestError(
                 f"chat template could not render the messages: {exc}", param="messages"
             ) from exc
-        # The template writes BOS itself when the model wants one. Special tokens are
-        # parsed in the rendered text, as llama.cpp's own server does.
-        return self.model.tokenize(text, add_special=False, parse_special=True)
+
+    def chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        """Prompt tokens. The template's own text may hold control tokens (<|im_start|>...);
+        what callers wrote never becomes one: the template is rendered around placeholders,
+        its text is tokenized with special tokens parsed, each message's content without.
+        (The template writes BOS itself when the model wants one.)"""
+        contents = [m.get("content") for m in messages]
+        held = [i for i, c in enumerate(contents) if isinstance(c, str) and c]
+        text = self._render([{**m, "content": _PLACEHOLDER.format(i)} if i in held else m
+                             for i, m in enumerate(messages)])
+        parts = _SPLIT.split(text)
+        found = [int(p) for p in parts[1::2]]
+        tokenize = self.model.tokenize
+        if sorted(found) != held:  # the template did more than place each content once
+            return self._checked_whole(messages, contents)
+        tokens: list[int] = []
+        for j, part in enumerate(parts):
+            if j % 2 == 0:
+                if part:
+                    tokens += tokenize(part, add_special=False, parse_special=True)
+            else:
+                tokens += tokenize(contents[int(part)], add_special=False, parse_special=False)
+        return tokens
+
+    def _checked_whole(self, messages: list[dict[str, Any]], contents: list[Any]) -> list[int]:
+        """Fallback for templates that transform contents: tokenize the whole text, but only
+        when no content holds control-token text."""
+        tokenize = self.model.tokenize
+        for c in contents:
+            if isinstance(c, str) and c and tokenize(c, add_special=False, parse_special=True) \
+                    != tokenize(c, add_special=False, parse_special=False):
+                raise InvalidRequestError(
+                    "a message holds text of this model's control tokens, which its chat "
+                    "template cannot keep apart from its own", param="messages")
+        return tokenize(self._render(messages), add_special=False, parse_special=True)
 
     def completion(self, prompt: str) -> list[int]:
         return self.model.tokenize(prompt, add_special=True, parse_special=False)
 
 
-def check_length(prompt_tokens: int, max_tokens: int | None, ctx: int, default_max: int) -> int:
-    """Validate lengths against the slot context; return the answer budget in tokens."""
+def check_length(prompt_tokens: int, max_tokens: int | None, ctx: int, default_max: int,
+                 param: str = "messages") -> int:
+    """Validate lengths against the slot context; return the answer budget in tokens.
+    ``param``: where the prompt came from (``messages``, or ``prompt`` for completions)."""
     if prompt_tokens >= ctx:
         raise ContextLengthError(
             f"This model's maximum context length is {ctx} tokens, however your prompt is "
             f"{prompt_tokens} tokens. Shorten the prompt.",
-            param="messages",
+            param=param,
         )
     room = ctx - prompt_tokens
     if max_tokens is None:

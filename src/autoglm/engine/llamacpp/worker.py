@@ -25,7 +25,7 @@ from autoglm.engine.llamacpp.sampling import Sampler, SamplingParams
 from autoglm.engine.llamacpp.scheduler import Job, Scheduler
 from autoglm.engine.llamacpp.sink import SocketSink
 from autoglm.engine.llamacpp.text import TextStream
-from autoglm.errors import AutoGLMError, EngineError, InvalidRequestError
+from autoglm.errors import AutoGLMError, ContextLengthError, EngineError, InvalidRequestError
 from autoglm.logs import setup_logging
 
 log = logging.getLogger("autoglm.engine")
@@ -38,6 +38,9 @@ class EngineServer:
         self.default_max_tokens = default_max_tokens
         self.prompts = PromptBuilder(model)
         self.scheduler = Scheduler(model, self._emit)
+        # No token is longer than this: text beyond ctx_per_slot times it cannot fit, and
+        # is refused before any tokenizing.
+        self.max_token_bytes = max(1, max(len(model.piece(t)) for t in range(model.n_vocab)))
 
     @staticmethod
     def _emit(outbox: list[tuple[SocketSink, list[dict]]]) -> None:
@@ -57,22 +60,34 @@ class EngineServer:
             "path": str(self.model.path),
         }
 
+    def _bound(self, texts: list[Any], param: str) -> None:
+        size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts if isinstance(t, str))
+        ctx = self.model.config.ctx_per_slot
+        if size > ctx * self.max_token_bytes:
+            raise ContextLengthError(
+                f"This model's maximum context length is {ctx} tokens; your prompt is {size} "
+                "bytes, more than that many tokens can hold. Shorten the prompt.", param=param)
+
     def prepare(self, req: dict[str, Any], sink: SocketSink) -> Job:
+        """Runs on a worker thread: tokenizing a long prompt never stalls the event loop
+        (other requests, health probes)."""
         if req.get("kind") == "chat":
             messages = req.get("messages")
             if not isinstance(messages, list) or not messages:
                 raise InvalidRequestError("messages must be a non-empty list", param="messages")
+            self._bound([m.get("content") for m in messages if isinstance(m, dict)], "messages")
             prompt = self.prompts.chat(messages)
         else:
             prompt_text = req.get("prompt")
             if not isinstance(prompt_text, str):
                 raise InvalidRequestError("prompt must be a string", param="prompt")
+            self._bound([prompt_text], "prompt")
             prompt = self.prompts.completion(prompt_text)
         if not prompt:
             raise InvalidRequestError("the prompt is empty after tokenization", param="prompt")
         max_tokens = check_length(
             len(prompt), req.get("max_tokens"), self.model.config.ctx_per_slot,
-            self.default_max_tokens,
+            self.default_max_tokens, "messages" if req.get("kind") == "chat" else "prompt",
         )
         params = SamplingParams.from_dict(req.get("sampling") or {})
         stop = [s for s in (req.get("stop") or []) if isinstance(s, str)]
@@ -97,7 +112,7 @@ class EngineServer:
     ) -> None:
         sink = SocketSink(writer)
         try:
-            job = self.prepare(req, sink)
+            job = await asyncio.get_running_loop().run_in_executor(None, self.prepare, req, sink)
         except AutoGLMError as exc:
             await ipc.write_messages(writer, [ipc.error_event(exc)])
             return

@@ -144,6 +144,20 @@ async def test_pagination_and_bad_input(setup) -> None:
     assert (await client.post("/admin/v1/tenants", {"name": ""})).status_code == 400
     dup = await client.post("/admin/v1/tenants", {"name": "bank"})
     assert dup.status_code == 400 and "already exists" in dup.json()["error"]["message"]
+    # a Unicode digit is not a number here (it was a 500)
+    assert (await client.get("/admin/v1/tenants?limit=%C2%B2")).status_code == 400
+
+
+async def test_numbers_in_the_admin_api_are_bounded(setup) -> None:
+    client, ids = setup["client"], setup["ids"]
+    keys_url = f"/admin/v1/principals/{ids['bank/member']}/keys"
+    for hours in (1e12, 1e-300, 0, -1):  # overflow, an expiry before creation, nonsense
+        r = await client.post(keys_url, {"expires_in_hours": hours})
+        assert r.status_code == 400, (hours, r.text)
+        assert r.json()["error"]["param"] == "expires_in_hours"
+    key = (await client.post(keys_url, {"expires_in_hours": 1})).json()
+    r = await client.post(f"/admin/v1/keys/{key['id']}/rotate", {"grace_hours": 1e8})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "grace_hours", r.text
 
 
 async def test_policy_read_and_validate(setup) -> None:

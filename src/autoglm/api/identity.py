@@ -27,6 +27,9 @@ from autoglm.store.directory import Directory, view
 from autoglm.store.models import ApiKey, Principal, Project, RoleBinding, Tenant
 
 
+MAX_HOURS = 24 * 366 * 10  # ten years: the longest expiry or grace period accepted
+
+
 class TenantIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(min_length=1, max_length=128)
@@ -61,12 +64,13 @@ class KeyIn(BaseModel):
     projects: list[str] | None = None
     models: list[str] | None = None
     actions: list[str] | None = None
-    expires_in_hours: float | None = Field(None, gt=0)
+    # from one minute to ten years: anything else is a mistake (or an overflow)
+    expires_in_hours: float | None = Field(None, ge=1 / 60, le=MAX_HOURS)
 
 
 class RotateIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    grace_hours: float = Field(24.0, ge=0)
+    grace_hours: float = Field(24.0, ge=0, le=MAX_HOURS)
     immediate: bool = False
 
 
@@ -85,7 +89,7 @@ def _owned(request: Request, model: type, param: str, action: str,
 
 def _page_args(request: Request) -> tuple[int, str | None]:
     raw = request.query_params.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 100:
         raise InvalidRequestError("limit must be an integer from 1 to 100", param="limit")
     return int(raw), request.query_params.get("after")
 

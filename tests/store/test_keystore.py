@@ -117,3 +117,51 @@ def test_unknown_ids_are_not_found(db: Database) -> None:
         svc.create("prn_missing")
     with pytest.raises(NotFoundError):
         svc.revoke("key_missing")
+
+
+async def test_a_lookup_in_flight_during_revocation_never_caches_the_key(db: Database) -> None:
+    """The race found by probing: a lookup that read the key before `revoke` committed must
+    not put it back in the cache as valid once the revocation is done."""
+    import asyncio
+    import threading
+
+    _, _, alice = seed(db)
+    svc = KeyService(db, PEPPER)
+    secret, record = svc.create(alice)
+    read, release = threading.Event(), threading.Event()
+    real_load = svc._load
+
+    def slow_load(digest: str):
+        found = real_load(digest)  # reads the key while it is still valid
+        read.set()
+        release.wait(5)
+        return found
+
+    svc._load = slow_load  # type: ignore[method-assign]
+    in_flight = asyncio.create_task(svc.resolve(secret))
+    await asyncio.to_thread(read.wait, 5)
+    svc.revoke(record.id)
+    release.set()
+    assert await in_flight is not None  # it began before the revocation: it may pass
+    svc._load = real_load  # type: ignore[method-assign]
+    assert svc.cached(secret) == (False, None)  # ... but it was not cached
+    assert await svc.resolve(secret) is None  # the next request is refused
+
+
+async def test_concurrent_lookups_of_one_key_share_one_query(db: Database) -> None:
+    import asyncio
+
+    _, _, alice = seed(db)
+    svc = KeyService(db, PEPPER)
+    secret, _ = svc.create(alice)
+    calls = []
+    real_load = svc._load
+
+    def counted(digest: str):
+        calls.append(digest)
+        return real_load(digest)
+
+    svc._load = counted  # type: ignore[method-assign]
+    found = await asyncio.gather(*(svc.resolve(secret) for _ in range(16)))
+    assert all(f is not None and f.principal_id == alice for f in found)
+    assert len(calls) == 1

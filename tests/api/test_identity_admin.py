@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from collections.abc import AsyncIterator
 
 import pytest
@@ -288,3 +290,24 @@ async def test_openapi_describes_every_route(setup) -> None:
     key_op = doc["paths"]["/admin/v1/principals/{principal}/keys"]["post"]
     assert key_op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("KeyIn")
     assert "KeyIn" in doc["components"]["schemas"]
+
+
+async def test_a_binding_exists_once_and_deleting_it_ends_the_role(setup) -> None:
+    client, ids = setup["client"], setup["ids"]
+    prn = (await client.post(f"/admin/v1/tenants/{ids['bank']}/principals",
+                             {"name": "twice-admin"})).json()
+    key = (await client.post(f"/admin/v1/principals/{prn['id']}/keys", {})).json()["key"]
+    first = await client.post(f"/admin/v1/principals/{prn['id']}/bindings",
+                              {"role": "tenant_admin"})
+    assert first.status_code == 201, first.text
+    for _ in range(2):
+        again = await client.post(f"/admin/v1/principals/{prn['id']}/bindings",
+                                  {"role": "tenant_admin"})
+        assert again.status_code == 400 and "already exists" in again.text
+    assert (await client.http.get(f"/admin/v1/tenants/{ids['bank']}",
+                                  headers=bearer(key))).status_code == 200
+    assert (await client.http.request("DELETE", f"/admin/v1/bindings/{first.json()['id']}",
+                                      headers=client.auth)).status_code == 200
+    await asyncio.sleep(2.1)  # the key cache (2 s) holds the old bindings at most that long
+    r = await client.http.get(f"/admin/v1/tenants/{ids['bank']}", headers=bearer(key))
+    assert r.status_code in (403, 404), r.text

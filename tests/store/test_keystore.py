@@ -165,3 +165,35 @@ async def test_concurrent_lookups_of_one_key_share_one_query(db: Database) -> No
     found = await asyncio.gather(*(svc.resolve(secret) for _ in range(16)))
     assert all(f is not None and f.principal_id == alice for f in found)
     assert len(calls) == 1
+
+
+def test_migration_0002_removes_duplicate_bindings_and_forbids_new_ones(tmp_path) -> None:
+    """A database made before 0002 may hold the same NULL-scoped binding several times."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from autoglm.store.db import MIGRATIONS
+
+    database = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with database.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    tenant, _, alice = seed(database)
+    with database.engine.begin() as conn:
+        for n in range(3):
+            conn.execute(text(
+                "INSERT INTO role_bindings (id, principal_id, role, tenant_id, project_id, "
+                "created_at) VALUES (:id, :p, 'tenant_admin', :t, NULL, :c)"),
+                {"id": f"rb_dup{n}", "p": alice, "t": tenant, "c": datetime(2026, 1, 1 + n)})
+    database.upgrade()
+    with database.session() as s:
+        roles = s.scalars(select(RoleBinding).where(RoleBinding.principal_id == alice,
+                                                    RoleBinding.role == "tenant_admin")).all()
+    assert [r.id for r in roles] == ["rb_dup0"]  # the oldest is kept
+    with pytest.raises(IntegrityError), database.session() as s, s.begin():
+        s.add(RoleBinding(principal_id=alice, role="tenant_admin", tenant_id=tenant))
+    database.close()

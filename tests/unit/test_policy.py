@@ -104,3 +104,13 @@ def test_reload_valid_invalid_removed(tmp_path: Path) -> None:
     _touch_write(path, DEFAULT_POLICY.read_text())
     assert not authorize(store.current(), guest, "inference", res)
     assert store.last_error is None
+
+
+def test_policy_values_are_strict_and_depth_is_bounded() -> None:
+    from autoglm.security.policy import parse_policy
+
+    with pytest.raises(ValueError, match="version"):
+        parse_policy("version: true\nroles: {}\n", "p")
+    deep = "version: 1\nroles: " + "[" * 1000 + "]" * 1000 + "\n"
+    with pytest.raises(ValueError, match="nested"):
+        parse_policy(deep, "p")

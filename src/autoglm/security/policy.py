@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from autoglm.store.models import ROLES
 
@@ -35,14 +35,21 @@ Scope = Literal["platform", "tenant", "project"]
 
 
 class Rule(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     actions: list[str] = Field(min_length=1)
     scope: Scope
 
 
 class PolicyDoc(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    version: Literal[1]
+    model_config = ConfigDict(extra="forbid", strict=True)
+    version: int  # strict: `version: true` is not 1
+
+    @field_validator("version")
+    @classmethod
+    def _version_one(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("the only policy version is 1")
+        return value
     roles: dict[str, list[Rule]]
 
     def check_roles(self) -> None:
@@ -73,12 +80,34 @@ class Policy:
         return False
 
 
+MAX_POLICY_BYTES = 1 << 20
+MAX_NESTING = 32  # a policy is three levels deep; YAML's parser recurses per level
+
+
+def _nesting(text: str) -> int:
+    """Deepest run of open flow brackets: 1,000 nested '[' crashed the YAML parser."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}" and depth:
+            depth -= 1
+    return deepest
+
+
 def parse_policy(text: str, source: str) -> Policy:
     """A valid policy, or ValueError with a message naming what is wrong."""
+    if len(text) > MAX_POLICY_BYTES:
+        raise ValueError(f"{source}: larger than {MAX_POLICY_BYTES} bytes")
+    if _nesting(text) > MAX_NESTING:
+        raise ValueError(f"{source}: nested deeper than {MAX_NESTING} levels")
     try:
         data: Any = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ValueError(f"{source}: not valid YAML: {exc}") from None
+    except RecursionError:  # belt and braces: the depth check above should catch it
+        raise ValueError(f"{source}: nested too deeply") from None
     try:
         doc = PolicyDoc.model_validate(data)
         doc.check_roles()

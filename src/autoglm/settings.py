@@ -8,12 +8,21 @@ then the defaults below. Every field carries its documentation in ``description`
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from autoglm.errors import ConfigError
@@ -123,6 +132,11 @@ class Settings(BaseSettings):
     # --- HTTP ----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8080, ge=0, le=65535, description="TCP port of the HTTP server.")
+    grpc_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="TCP port of the gRPC server (autoglm.v1.Inference, health, reflection), "
+        "on the same host with the same keys and TLS. Unset: no gRPC. 0: any free port.",
+    )
     workers: int = Field(
         1, ge=1, le=64,
         description="Gateway processes sharing the port (and one set of engine processes).")
@@ -318,6 +332,16 @@ class Settings(BaseSettings):
             raise ValueError("ssl_certfile and ssl_keyfile must be given together")
         if self.engine_restart_backoff_max_s < self.engine_restart_backoff_min_s:
             raise ValueError("engine_restart_backoff_max_s is below engine_restart_backoff_min_s")
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError("grpc_port must differ from port")
+        return self
+
+    @model_validator(mode="after")
+    def _no_open_door(self) -> Settings:
+        if self.dangerously_disable_auth and not _is_loopback(self.host):
+            raise ValueError(
+                f"dangerously_disable_auth serves without keys, so it only binds to a loopback "
+                f"address (127.0.0.1, ::1, localhost), not {self.host}")
         return self
 
     @property
@@ -338,6 +362,15 @@ class Settings(BaseSettings):
             else:
                 out[name] = value
         return out
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def revealed(model: BaseModel) -> dict[str, Any]:
@@ -370,5 +403,12 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return Settings(**kwargs)
     except ConfigError:
         raise
-    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(f"{loc}: {msg}" if loc else msg)
+        raise ConfigError(f"invalid settings: {'; '.join(problems)}") from None
+    except ValueError as exc:
         raise ConfigError(f"invalid settings: {exc}") from exc

@@ -80,8 +80,11 @@ class ServerProcess:
         verify: ssl.SSLContext | bool = True,
         name: str = "server",
         executable: Path = AUTOGLM,
+        grpc: bool = False,
     ) -> None:
         self.workdir = workdir
+        self.grpc = grpc  # also serve gRPC, on a free port of its own (grpc_target)
+        self.grpc_port = 0
         self.executable = executable
         self.name = name
         self.extra_args = list(args or [])
@@ -114,6 +117,10 @@ class ServerProcess:
         return f"{self.base_url}/v1"
 
     @property
+    def grpc_target(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
 
@@ -134,6 +141,9 @@ class ServerProcess:
     def _spawn(self) -> None:
         argv = [str(self.executable), "serve", "--host", "127.0.0.1", "--port", str(self.port),
                 "--data-dir", str(self.workdir / "data"), *self.extra_args]
+        if self.grpc:
+            self.grpc_port = free_port()
+            argv += ["--grpc-port", str(self.grpc_port)]
         if self.tls:
             argv += ["--ssl-certfile", str(self.tls[0]), "--ssl-keyfile", str(self.tls[1])]
         with self.stderr_path.open("ab") as err, self.stdout_path.open("ab") as out:
@@ -152,7 +162,9 @@ class ServerProcess:
                 code = self.proc.poll()
                 if code is not None:
                     tail = self.stderr_tail()
-                    if "address already in use" in tail.lower() or "errno 98" in tail.lower():
+                    low = tail.lower()
+                    if "address already in use" in low or "errno 98" in low or (
+                            "cannot serve grpc" in low):
                         raise _PortTaken(tail[-500:])
                     raise RuntimeError(
                         f"`autoglm serve` ({self.name}) exited with status {code} while "

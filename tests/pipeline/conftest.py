@@ -1,5 +1,6 @@
 """One app in process with both engine kinds (the real bundled model on llama.cpp, and a
-stand-in upstream process) and the test stage in its pipeline."""
+stand-in upstream process) and the test stage in its pipeline; HTTP through an in-process
+client, gRPC on a free port (``app.state.rpc.port``)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standin]:
 @pytest.fixture(scope="module")
 async def both(tmp_path_factory: pytest.TempPathFactory,
                standin: Standin) -> AsyncIterator[tuple[AppClient, RewriteStage]]:
-    settings = make_settings(tmp_path_factory.mktemp("pipeline"), models=[
+    settings = make_settings(tmp_path_factory.mktemp("pipeline"), grpc_port=0, models=[
         {"id": MODEL, "engine": "llamacpp"},
         {"id": UPSTREAM, "engine": "openai", "instances": [{"url": standin.url}]},
     ])

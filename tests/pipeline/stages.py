@@ -4,6 +4,7 @@ Driven by the request's ``user`` field, so one app serves every case:
 
 - ``"refuse"``: refused before the engine with a clean OpenAI error (403,
   ``content_refused``);
+- ``"crash"``: an unexpected exception before the engine (a bug);
 - ``"rewrite-in:OLD=NEW"``: every caller text has OLD replaced by NEW before the engine;
 - ``"rewrite-out:OLD=NEW"``: answer text has OLD replaced by NEW, also where OLD is split
   across chunks: text that may be the start of OLD is held back until the next chunk
@@ -36,6 +37,8 @@ class RewriteStage(Stage):
             return
         if user == "refuse":
             raise PermissionDeniedError("refused by the test stage", code="content_refused")
+        if user == "crash":  # a bug in a stage: the client must get a plain 500
+            raise RuntimeError("stage bug with internal detail /srv/secret")
         if user.startswith("rewrite-in:"):
             old, new = user[len("rewrite-in:"):].split("=", 1)
             req.rewrite_text(lambda t: t.replace(old, new))

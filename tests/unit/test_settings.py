@@ -77,3 +77,15 @@ def test_serve_refuses_missing_model_file(tmp_path: Path) -> None:
                                       "--data-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert "model file not found" in result.output
+
+
+def test_disabled_auth_only_binds_to_loopback(tmp_path) -> None:
+    from autoglm.errors import ConfigError
+    from autoglm.settings import load_settings
+
+    for host in ("0.0.0.0", "10.1.2.3", "::", "example.org"):
+        with pytest.raises(ConfigError, match="loopback"):
+            load_settings(data_dir=tmp_path, dangerously_disable_auth=True, host=host)
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        assert load_settings(data_dir=tmp_path, dangerously_disable_auth=True,
+                             host=host).host == host

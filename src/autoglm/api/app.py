@@ -40,6 +40,8 @@ from autoglm.store.directory import Directory
 log = logging.getLogger("autoglm.app")
 
 Announce = Callable[[str, str], None]
+RPC_GRACE_S = 5.0  # in-flight gRPC calls may finish this long at shutdown
+
 
 def _log_announce(key: str, where: str) -> None:
     # Only reached when no console announcer is given (embedding the app in tests).
@@ -72,12 +74,20 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         run_dir.mkdir(mode=0o700)
+        rpc = None
         try:
             try:
                 await asyncio.gather(*(e.start() for e in engine_map.values()))
             except (AutoGLMError, RuntimeError, OSError) as exc:
                 raise ConfigError(f"engine failed to start: {exc}") from exc
-            log.info("serving", extra={"models": list(engine_map), "auth": not auth.disabled})
+            if settings.grpc_port is not None:  # gRPC beside REST, over the same service
+                from autoglm.rpc.server import RpcServer  # grpc is loaded only when used
+
+                started = RpcServer(app.state, settings, run_dir)
+                await started.start()
+                rpc = app.state.rpc = started
+            log.info("serving", extra={"models": list(engine_map), "auth": not auth.disabled,
+                                       "grpc_port": rpc.port if rpc is not None else None})
             # Everything built so far lives as long as the server: keep it out of every
             # collection, and collect young objects less often (full collections of a
             # large heap were the p99 tail under load).
@@ -87,6 +97,8 @@ def create_app(
             yield
         finally:
             try:
+                if rpc is not None:  # in-flight calls finish (grace) while engines still run
+                    await rpc.stop(grace=RPC_GRACE_S)
                 await asyncio.gather(*(e.close() for e in engine_map.values()),
                                      return_exceptions=True)
             finally:

@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse
 
 from autoglm.engine.base import Engine
 from autoglm.errors import ModelNotFoundError
+from autoglm.security.access import Authorizer
 
 
 def _card(engine: Engine) -> dict[str, Any]:
@@ -20,19 +21,30 @@ def _card(engine: Engine) -> dict[str, Any]:
     return card
 
 
-async def _visible(request: Request, model: str) -> bool:
+async def _may_use(authz: Authorizer, identity: Any, project: str | None, model: str) -> bool:
     """Listed only when the caller may run inference on it (in the chosen project)."""
-    ctx = request.scope["state"]["ctx"]
     try:
-        await request.app.state.authz.require_model(ctx.identity, model, ctx.project)
+        await authz.require_model(identity, model, project)
     except ModelNotFoundError:
         return False
     return True
 
 
+async def visible_cards(engines: dict[str, Engine], authz: Authorizer, identity: Any,
+                        project: str | None) -> list[dict[str, Any]]:
+    """The model cards this caller may see: the model list of REST and gRPC."""
+    return [_card(e) for m, e in engines.items() if await _may_use(authz, identity, project, m)]
+
+
+async def _visible(request: Request, model: str) -> bool:
+    ctx = request.scope["state"]["ctx"]
+    return await _may_use(request.app.state.authz, ctx.identity, ctx.project, model)
+
+
 async def list_models(request: Request) -> JSONResponse:
-    engines = request.app.state.engines
-    data = [_card(e) for m, e in engines.items() if await _visible(request, m)]
+    ctx = request.scope["state"]["ctx"]
+    data = await visible_cards(request.app.state.engines, request.app.state.authz,
+                               ctx.identity, ctx.project)
     return JSONResponse({"object": "list", "data": data})
 
 

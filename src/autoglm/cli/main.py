@@ -16,6 +16,7 @@ from autoglm import __version__
 from autoglm.cli.bundle import bundle_app
 from autoglm.cli.identity import keys_app, principals_app, projects_app, tenants_app
 from autoglm.cli.model import model_app
+from autoglm.cli.output import err_console, fail
 from autoglm.errors import AutoGLMError
 from autoglm.settings import Settings, load_settings
 
@@ -35,17 +36,8 @@ ConfigOpt = Annotated[
 ]
 
 
-def _err_console() -> Console:
-    return Console(stderr=True)
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    _err_console().print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
 def _announce_key(key: str, where: str) -> None:
-    _err_console().print(Panel.fit(
+    err_console().print(Panel.fit(
         f"[bold]{key}[/]\n\nThis admin API key is shown once and not stored (only its hash, in "
         f"{where}).\nKeep it in a secret store. Use it as 'Authorization: Bearer <key>'.",
         title="admin API key", border_style="yellow",
@@ -57,6 +49,8 @@ def serve(
     config: ConfigOpt = None,
     host: Annotated[Optional[str], typer.Option(help="Bind address.")] = None,
     port: Annotated[Optional[int], typer.Option(help="TCP port (default 8080).")] = None,
+    grpc_port: Annotated[Optional[int], typer.Option(
+        help="Also serve gRPC (autoglm.v1.Inference) on this port.")] = None,
     workers: Annotated[Optional[int], typer.Option(
         help="Gateway processes on the port, sharing one engine per model.")] = None,
     model_path: Annotated[Optional[Path], typer.Option(help="GGUF file to serve.")] = None,
@@ -80,7 +74,8 @@ def serve(
     """Serve the OpenAI-compatible API (embedded llama.cpp engine by default)."""
     try:
         settings = load_settings(
-            config, host=host, port=port, workers=workers, model=model, model_path=model_path,
+            config, host=host, port=port, grpc_port=grpc_port, workers=workers, model=model,
+            model_path=model_path,
             model_id=model_id, engine=engine,
             slots=slots,
             ctx_per_slot=ctx_per_slot, n_threads=n_threads, max_queue=max_queue,
@@ -89,7 +84,7 @@ def serve(
         )
         run_server(settings)
     except AutoGLMError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
 
 
 def run_server(settings: Settings) -> None:
@@ -102,7 +97,7 @@ def run_server(settings: Settings) -> None:
 
     def ready() -> None:
         workers = f" ({settings.workers} workers)" if settings.workers > 1 else ""
-        _err_console().print(
+        err_console().print(
             f"Open-AutoGLM {__version__} listening on "
             f"{scheme}://{settings.host}:{settings.port}/v1{workers}", highlight=False)
 
@@ -120,7 +115,7 @@ def config_show(
     try:
         settings = load_settings(config)
     except AutoGLMError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
     values = settings.masked()
     if as_json:
         print(json.dumps(values, indent=2, default=str))
@@ -149,7 +144,7 @@ def engines(
         target = url or server_url(load_settings(config))
         data = fetch_engines(target, key or default_key())
     except AutoGLMError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
     if as_json:
         print(json.dumps(data, indent=2))
         return
@@ -175,8 +170,8 @@ def db_upgrade(config: ConfigOpt = None) -> None:
             rev = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
         db.close()
     except AutoGLMError as exc:
-        raise _fail(exc.message) from None
-    _err_console().print(f"database is at revision {rev}", highlight=False)
+        raise fail(exc.message) from None
+    err_console().print(f"database is at revision {rev}", highlight=False)
 
 
 @app.command()
@@ -189,5 +184,5 @@ def main() -> None:
     try:
         app()
     except AutoGLMError as exc:
-        _err_console().print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        fail(exc.message)
         sys.exit(1)

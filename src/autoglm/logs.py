@@ -7,10 +7,10 @@ logger unless ``log_prompts`` is on.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import sys
-import threading
 import time
 from contextvars import ContextVar
 from typing import TextIO
@@ -55,9 +55,11 @@ class JsonFormatter(logging.Formatter):
 
 class BatchingStreamHandler(logging.Handler):
     """Writes lines in batches: at once for warnings and errors, otherwise within
-    ``interval_s`` (a background thread), and at exit. One write system call per busy
-    interval instead of one per request line; each write ends on a line boundary and
-    stays under ``PIPE_BUF``, so processes sharing stderr never split each other's lines.
+    ``interval_s`` of the first line of a batch (a timer on the event loop of the thread
+    that logged it; a thread with no event loop writes at once), and at exit. One write
+    system call per busy interval instead of one per request line, and no thread of its
+    own competing for the interpreter lock. Each write ends on a line boundary and stays
+    under ``PIPE_BUF``, so processes sharing stderr never split each other's lines.
     """
 
     CHUNK = 4096
@@ -67,9 +69,8 @@ class BatchingStreamHandler(logging.Handler):
         self.stream = stream
         self.interval_s = interval_s
         self._lines: list[str] = []
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="log-flush", daemon=True)
-        self._thread.start()
+        self._scheduled = False
+        self._due = 0.0
         atexit.register(self.flush)
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -78,12 +79,7 @@ class BatchingStreamHandler(logging.Handler):
         except Exception:  # noqa: BLE001 - logging must never break the caller
             self.handleError(record)
             return
-        with self.lock:  # type: ignore[union-attr]
-            self._lines.append(line)
-        if record.levelno >= logging.WARNING:
-            self.flush()
-        else:
-            self._wake.set()
+        self._add(line, urgent=record.levelno >= logging.WARNING)
 
     def write_fields(self, logger: str, msg: str, fields: dict[str, object]) -> None:
         """One info line built straight from ``fields``, without a ``LogRecord`` (the
@@ -97,13 +93,30 @@ class BatchingStreamHandler(logging.Handler):
                              "component": component, "msg": msg,
                              "request_id": request_id_var.get(), **fields},
                             default=str).decode()
+        self._add(line, urgent=False)
+
+    def _add(self, line: str, urgent: bool) -> None:
+        now = time.monotonic()
         with self.lock:  # type: ignore[union-attr]
             self._lines.append(line)
-        self._wake.set()
+            stale = self._scheduled and now > self._due + 1.0  # its loop stopped first
+            if urgent or stale or self._scheduled:
+                schedule = False
+            else:
+                schedule = self._scheduled = True
+                self._due = now + self.interval_s
+        if urgent or stale:
+            self.flush()
+        elif schedule:
+            try:
+                asyncio.get_running_loop().call_later(self.interval_s, self.flush)
+            except RuntimeError:  # no event loop in this thread: write now
+                self.flush()
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
             lines, self._lines = self._lines, []
+            self._scheduled = False
             if not lines:
                 return
             chunk: list[str] = []
@@ -120,13 +133,6 @@ class BatchingStreamHandler(logging.Handler):
                 self.stream.flush()
             except (OSError, ValueError):  # stderr closed: nothing left to tell
                 pass
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            time.sleep(self.interval_s)  # gather what the next interval brings
-            self._wake.clear()
-            self.flush()
 
     def close(self) -> None:
         self.flush()

@@ -10,17 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from autoglm.api.streaming import ClientDisconnected, SSEResponse, race_disconnect
 from autoglm.pipeline.context import RequestContext
 from autoglm.pipeline.openai_format import OpenAIEncoder
 from autoglm.pipeline.request import InferenceRequest, Kind
 from autoglm.pipeline.service import Answer, InferenceService
-
-_JSON = "application/json"
-
 
 async def _answer(service: InferenceService, ctx: RequestContext,
                   req: InferenceRequest) -> tuple[OpenAIEncoder, Answer | dict[str, Any]]:
@@ -32,22 +28,48 @@ async def _answer(service: InferenceService, ctx: RequestContext,
     return enc, await enc.collect(answer)
 
 
-async def _infer(request: Request, kind: Kind) -> Response:
-    ctx: RequestContext = request.scope["state"]["ctx"]
-    req = InferenceRequest(kind, raw=await request.body())
-    try:
-        enc, result = await race_disconnect(
-            request.receive, _answer(request.app.state.service, ctx, req))
-    except ClientDisconnected:
-        return Response(status_code=499)
-    if isinstance(result, Answer):
-        return SSEResponse(result, enc.frames(result))  # type: ignore[return-value]
-    return Response(orjson.dumps(result), media_type=_JSON)
+class InferenceEndpoint:
+    """A pure ASGI endpoint: the body, the context the edge middleware made, and the
+    service; no request or response objects on the hottest path of the gateway."""
+
+    def __init__(self, kind: Kind, name: str, doc: str) -> None:
+        self.kind = kind
+        self.__name__ = name  # the OpenAPI operation id
+        self.__doc__ = doc
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx: RequestContext = scope["state"]["ctx"]
+        raw = await _read_body(receive)
+        if raw is None:
+            return  # the client left while sending: counted as 499
+        req = InferenceRequest(self.kind, raw=raw)
+        try:
+            enc, result = await race_disconnect(
+                receive, _answer(scope["app"].state.service, ctx, req))
+        except ClientDisconnected:
+            return
+        if isinstance(result, Answer):
+            await SSEResponse(result, enc.frames(result))(scope, receive, send)
+            return
+        body = orjson.dumps(result)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
-async def chat_completions(request: Request) -> Response:
-    return await _infer(request, "chat")
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def completions(request: Request) -> Response:
-    return await _infer(request, "completion")
+chat_completions = InferenceEndpoint(
+    "chat", "chat_completions", "Create a chat completion (JSON, or SSE with stream).")
+completions = InferenceEndpoint(
+    "completion", "completions", "Create a text completion (JSON, or SSE with stream).")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import time
 
@@ -59,6 +60,8 @@ class GatewayMiddleware:
         self.routes = routes
         self.max_body = max_body_bytes
         self.access = AccessLog()
+        # Request ids need to be unique, not secret: a seeded PRNG, no system call each.
+        self.ids = random.Random(os.urandom(32))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,7 +69,10 @@ class GatewayMiddleware:
             return
         started = time.perf_counter()
         given, credentials, project, length = _headers(scope)
-        rid = given if given and SAFE_REQUEST_ID.match(given) else f"req_{os.urandom(16).hex()}"
+        if given and SAFE_REQUEST_ID.match(given):
+            rid = given
+        else:
+            rid = f"req_{self.ids.getrandbits(128):032x}"
         token = request_id_var.set(rid)
         ctx = RequestContext(rid, "http", credentials, project or None, started=started)
         scope.setdefault("state", {})["ctx"] = ctx

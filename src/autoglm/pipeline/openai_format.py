@@ -10,8 +10,8 @@ Usage is always known to the pipeline; the client sees it only where it asked
 
 from __future__ import annotations
 
-import os
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -43,7 +43,7 @@ class OpenAIEncoder:
     @property
     def id(self) -> str:
         if self._id is None:
-            self._id = f"{'chatcmpl' if self.chat else 'cmpl'}-{os.urandom(16).hex()}"
+            self._id = f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
         return self._id
 
     # --- streams ---------------------------------------------------------------------------

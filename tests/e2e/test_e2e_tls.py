@@ -55,6 +55,7 @@ def test_https_with_tls13(tls_server: ServerProcess, tls_cert) -> None:
         assert [m["id"] for m in r.json()["data"]] == [MODEL]
         tls = r.extensions["network_stream"].get_extra_info("ssl_object")
         assert tls.version() == "TLSv1.3"
+        assert r.headers["strict-transport-security"].startswith("max-age=")
     assert _handshake(tls_server, _ctx(cert)) == "TLSv1.3"
     # The openai SDK over https, trusting only our certificate.
     with tls_server.openai(http_client=openai.DefaultHttpxClient(

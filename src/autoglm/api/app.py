@@ -118,7 +118,8 @@ def create_app(
         ))
     middleware.append(Middleware(GatewayMiddleware, auth=auth, metrics=metrics,
                                  routes=RouteTable(ROUTES),
-                                 max_body_bytes=settings.max_body_bytes))
+                                 max_body_bytes=settings.max_body_bytes,
+                                 tls=settings.tls_enabled))
     app = Starlette(
         routes=routes,
         middleware=middleware,

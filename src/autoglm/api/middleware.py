@@ -53,7 +53,7 @@ def _headers(scope: Scope) -> tuple[str | None, str | None, str | None, str | No
 
 class GatewayMiddleware:
     def __init__(self, app: ASGIApp, *, auth: Authenticator, metrics: Metrics,
-                 routes: RouteTable, max_body_bytes: int) -> None:
+                 routes: RouteTable, max_body_bytes: int, tls: bool = False) -> None:
         self.app = app
         self.auth = auth
         self.metrics = metrics
@@ -62,6 +62,13 @@ class GatewayMiddleware:
         self.access = AccessLog()
         # Request ids need to be unique, not secret: a seeded PRNG, no system call each.
         self.ids = random.Random(os.urandom(32))
+        # On every response: no content sniffing, nothing kept by caches (an answer, a new
+        # key's secret), and with TLS, browsers told to use nothing else.
+        self.always_headers = [(b"x-content-type-options", b"nosniff"),
+                               (b"cache-control", b"no-store")]
+        if tls:
+            self.always_headers.append(
+                (b"strict-transport-security", b"max-age=31536000; includeSubDomains"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,7 +89,8 @@ class GatewayMiddleware:
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_box[0] = message["status"]
-                message["headers"] = [*message.get("headers", []), rid_header]
+                message["headers"] = [*message.get("headers", []), rid_header,
+                                      *self.always_headers]
             await send(message)
 
         try:

@@ -13,7 +13,7 @@ PROMPT = (
     "from its founding to its fall."
 )
 MESSAGES = [{"role": "user", "content": PROMPT}]
-ADMIN_KEY = "bench-serving-admin-key"
+ADMIN_KEY = "bench-serving-admin-key-0123456789abcdef"
 N_BATCH = 512
 REQUEST_TIMEOUT_S = 180.0
 

@@ -16,7 +16,7 @@ from asgi_lifespan import LifespanManager
 from autoglm.api.app import create_app
 from autoglm.settings import Settings
 
-ADMIN_KEY = "test-admin-key-0123456789"
+ADMIN_KEY = "test-admin-key-0123456789abcdef-0123456789"
 MODEL = "smollm2-135m-instruct"
 
 

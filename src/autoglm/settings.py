@@ -26,8 +26,10 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from autoglm.errors import ConfigError
+from autoglm.security.keys import well_formed
 
 EMBEDDED_MODEL_ID = "smollm2-135m-instruct"
+MIN_ADMIN_KEY_CHARS = 32
 
 
 def default_data_dir() -> Path:
@@ -307,6 +309,18 @@ class Settings(BaseSettings):
         path = init_kwargs.get("config_file") or os.environ.get("AUTOGLM_CONFIG")
         yaml_source = _YamlSource(settings_cls, Path(path) if path else None)
         return (init_settings, env_settings, yaml_source)
+
+    @field_validator("admin_key")
+    @classmethod
+    def _strong_admin_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value
+        secret = value.get_secret_value()
+        if not well_formed(secret) and len(secret) < MIN_ADMIN_KEY_CHARS:
+            raise ValueError(
+                f"admin_key is too weak: use a key made by `autoglm keys` (agk_...) or a "
+                f"random secret of at least {MIN_ADMIN_KEY_CHARS} characters")
+        return value
 
     @field_validator("cors_allow_origins")
     @classmethod

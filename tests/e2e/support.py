@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 MODEL = "smollm2-135m-instruct"
-ADMIN_KEY = "e2e-admin-key-7f3a9c"
+ADMIN_KEY = "e2e-admin-key-7f3a9c-0123456789abcdef-0123"
 # The venv's console script; the engine child runs with the same interpreter.
 AUTOGLM = Path(sys.executable).with_name("autoglm")
 

@@ -45,14 +45,48 @@ async def test_first_start_generates_key_and_stores_only_its_hash(tmp_path) -> N
     assert (await again.authenticate(f"Bearer {key}")).id == "prn_platform_admin"
 
 
+ENV_KEY = "from-env-secret-0123456789abcdef-0123456789"
+
+
 async def test_env_admin_key_is_used_and_nothing_generated(tmp_path) -> None:
     shown: list[str] = []
-    settings = Settings(data_dir=tmp_path, admin_key="from-env-secret")
+    settings = Settings(data_dir=tmp_path, admin_key=ENV_KEY)
     auth = bootstrap(settings, lambda key, where: shown.append(key), _db(settings))
     assert shown == []
-    assert (await auth.authenticate("Bearer from-env-secret")).id == "prn_platform_admin"
+    assert (await auth.authenticate(f"Bearer {ENV_KEY}")).id == "prn_platform_admin"
     with pytest.raises(AuthenticationError):
-        await auth.authenticate("Bearer from-env-secreT")
+        await auth.authenticate(f"Bearer {ENV_KEY[:-1]}X")
+
+
+def test_a_weak_admin_key_is_refused(tmp_path) -> None:
+    from pydantic import ValidationError
+
+    for weak in ("admin", "x" * 31, "agk_notachecksummedkey"):
+        with pytest.raises(ValidationError, match="too weak"):
+            Settings(data_dir=tmp_path, admin_key=weak)
+    assert Settings(data_dir=tmp_path, admin_key=keys.generate_key()).admin_key
+    assert Settings(data_dir=tmp_path, admin_key="y" * 32).admin_key
+
+
+async def test_changing_the_admin_key_revokes_the_previous_one_and_is_audited(tmp_path) -> None:
+    from autoglm.store.directory import Directory
+
+    first, second = ENV_KEY, "second-env-secret-0123456789abcdef-0123"
+    db = _db(Settings(data_dir=tmp_path))
+    bootstrap(Settings(data_dir=tmp_path, admin_key=first), lambda k, w: None, db)
+    auth = bootstrap(Settings(data_dir=tmp_path, admin_key=second), lambda k, w: None, db)
+    assert (await auth.authenticate(f"Bearer {second}")).id == "prn_platform_admin"
+    with pytest.raises(AuthenticationError):
+        await auth.authenticate(f"Bearer {first}")
+    actions = [e.action for e in Directory(db).events()]
+    assert "admin_key.create" in actions and "admin_key.replace" in actions
+    with db.session() as s:
+        from sqlalchemy import select
+
+        from autoglm.store.models import ApiKey
+        displays = s.scalars(select(ApiKey.display)).all()
+    for secret in (first, second):  # what is stored to recognise a key is a short prefix
+        assert all(secret not in d and len(d.rstrip("…")) <= len(secret) // 4 for d in displays)
 
 
 async def test_key_from_the_earlier_json_record_keeps_working(tmp_path) -> None:

@@ -54,7 +54,7 @@ def test_every_field_is_documented() -> None:
 
 
 def test_config_show_masks_secrets(monkeypatch) -> None:
-    monkeypatch.setenv("AUTOGLM_ADMIN_KEY", "super-secret-value")
+    monkeypatch.setenv("AUTOGLM_ADMIN_KEY", "super-secret-value-0123456789abcdef-0123456789")
     result = CliRunner().invoke(app, ["config", "show", "--json"])
     assert result.exit_code == 0, result.output
     assert "super-secret-value" not in result.output

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import select
 
@@ -20,6 +20,7 @@ from autoglm.security import keys
 from autoglm.security.keystore import Binding, Identity, KeyService
 from autoglm.settings import Settings
 from autoglm.store.db import Database
+from autoglm.store.directory import Act, Directory
 from autoglm.store.models import ApiKey, RoleBinding
 from autoglm.store.models import Principal as PrincipalRow
 
@@ -77,6 +78,26 @@ def ensure_platform_admin(db: Database) -> str:
     return ADMIN_PRINCIPAL_ID
 
 
+ENV_KEY_NAME = "AUTOGLM_ADMIN_KEY"
+
+
+def _replace_env_key(service: KeyService, db: Database, admin: str, secret: str,
+                     existing: Sequence[ApiKey]) -> None:
+    """A new AUTOGLM_ADMIN_KEY: registered, and the one it replaces revoked, both audited
+    (the actor is the bootstrap, not a person)."""
+    directory = Directory(db)
+    act = Act("bootstrap", None)
+    _, record = service.create(admin, name=ENV_KEY_NAME, secret=secret)
+    replaced = [k for k in existing if k.name == ENV_KEY_NAME and k.revoked_at is None]
+    for old in replaced:
+        service.revoke(old.id)
+    directory.record_act(act, "admin_key.replace" if replaced else "admin_key.create",
+                         record.id, None, {"revoked": [k.id for k in replaced]})
+    if replaced:
+        log.warning("AUTOGLM_ADMIN_KEY changed: the previous admin key is revoked",
+                    extra={"revoked": [k.id for k in replaced]})
+
+
 def bootstrap(settings: Settings, announce: Callable[[str, str], None],
               db: Database) -> Authenticator:
     """The authenticator; on first start, an admin key generated and announced once.
@@ -105,7 +126,7 @@ def bootstrap(settings: Settings, announce: Callable[[str, str], None],
     if settings.admin_key is not None:
         secret = settings.admin_key.get_secret_value()
         if keys.hash_key(pepper, secret) not in known:
-            service.create(admin, name="AUTOGLM_ADMIN_KEY", secret=secret)
+            _replace_env_key(service, db, admin, secret, admin_keys)
         return Authenticator(service)
     if admin_keys:
         return Authenticator(service)

@@ -47,6 +47,12 @@ def well_formed(key: str) -> bool:
     return hmac.compare_digest(_checksum(body), check)
 
 
+def display(key: str) -> str:
+    """What is stored to recognise a key: its first characters, never more than a quarter
+    of it (so even a short secret is never stored whole)."""
+    return key[: min(8, len(key) // 4)] + "…"
+
+
 def hash_key(pepper: bytes, key: str) -> str:
     return hmac.digest(pepper, key.encode(), "sha256").hex()  # one-shot: the C fast path
 

@@ -188,7 +188,7 @@ class KeyService:
             if s.get(Principal, principal_id) is None:
                 raise NotFoundError(f"principal '{principal_id}' not found")
             record = ApiKey(principal_id=principal_id, key_hash=keys.hash_key(self.pepper, secret),
-                            display=secret[:8] + "…", name=name, projects=projects,
+                            display=keys.display(secret), name=name, projects=projects,
                             models=models, actions=actions, expires_at=expires_at)
             s.add(record)
             s.flush()
@@ -218,7 +218,7 @@ class KeyService:
                 raise NotFoundError(f"key '{key_id}' not found")
             secret = keys.generate_key()
             new = ApiKey(principal_id=old.principal_id, key_hash=keys.hash_key(self.pepper, secret),
-                         display=secret[:8] + "…", name=old.name, projects=old.projects,
+                         display=keys.display(secret), name=old.name, projects=old.projects,
                          models=old.models, actions=old.actions, expires_at=old.expires_at)
             s.add(new)
             s.flush()

@@ -18,11 +18,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 
 from autoglm.engine.admission import AdmissionQueue
 from autoglm.engine.base import EngineHealth, Event, ModelCard, Started
 from autoglm.engine.upstream.events import SSEParser, broken, from_json
+from autoglm.engine.upstream.http import (
+    ConnectError,
+    HttpClient,
+    HttpError,
+    Response,
+    Timeouts,
+)
 from autoglm.engine.upstream.router import Clock, Instance, Router
 from autoglm.errors import (
     AutoGLMError,
@@ -37,17 +43,13 @@ from autoglm.settings import ModelSpec, Settings, revealed
 
 log = logging.getLogger("autoglm.upstream")
 
-_CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
-                   aiohttp.ClientOSError, aiohttp.ConnectionTimeoutError)
-
-
 @dataclass
 class Opened:
     """An upstream response whose status and headers are in; the body is still to read."""
 
     engine: UpstreamEngine
     instance: Instance
-    response: aiohttp.ClientResponse
+    response: Response
     released: bool = False
 
     def release(self, failure: str | None = None, abort: bool = False) -> None:
@@ -78,27 +80,22 @@ class UpstreamEngine:
         for inst in spec.instances:
             self.router.add(inst)
         self.queue = AdmissionQueue.for_settings(self.capacity(), settings)
-        self.session: aiohttp.ClientSession | None = None
+        self.http: HttpClient | None = None
         self._probe_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=s.upstream_max_connections, keepalive_timeout=60,
-                                           ttl_dns_cache=60),
-            timeout=aiohttp.ClientTimeout(total=s.upstream_total_timeout_s,
-                                          sock_connect=s.upstream_connect_timeout_s,
-                                          sock_read=s.upstream_first_byte_timeout_s),
-            auto_decompress=False, skip_auto_headers=("User-Agent",),
-        )
+        self.http = HttpClient(s.upstream_max_connections, Timeouts(
+            connect=s.upstream_connect_timeout_s, first_byte=s.upstream_first_byte_timeout_s,
+            total=s.upstream_total_timeout_s))
         if self.spec.probe is not None:
             self._probe_task = asyncio.create_task(self._probe_loop(), name=f"probe-{self.spec.id}")
 
     async def close(self) -> None:
         if self._probe_task is not None:
             self._probe_task.cancel()
-        if self.session is not None:
-            await self.session.close()
+        if self.http is not None:
+            await self.http.close()
 
     def attach_spec(self) -> dict[str, Any]:
         """What a gateway worker needs to route to the same instances."""
@@ -116,15 +113,20 @@ class UpstreamEngine:
     async def probe_once(self, inst: Instance) -> bool:
         """GET the probe path; a 2xx brings the instance back, anything else counts a failure."""
         probe = self.spec.probe
-        if probe is None or self.session is None:
+        if probe is None or self.http is None:
             return False
         headers = {"Authorization": f"Bearer {inst.api_key}"} if inst.api_key else {}
+        limit = Timeouts(connect=probe.timeout_s, first_byte=probe.timeout_s,
+                         total=probe.timeout_s)
         try:
-            async with self.session.get(inst.url + probe.path, headers=headers,
-                                        timeout=aiohttp.ClientTimeout(total=probe.timeout_s)) as r:
-                ok = 200 <= r.status < 300
-                reason = f"probe: HTTP {r.status}"
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            r = await self.http.request("GET", inst.url + probe.path, headers, timeouts=limit)
+            try:
+                await r.read()
+            finally:
+                r.release()
+            ok = 200 <= r.status < 300
+            reason = f"probe: HTTP {r.status}"
+        except (HttpError, asyncio.TimeoutError) as exc:
             ok, reason = False, f"probe: {type(exc).__name__}"
         if ok:
             self.router.success(inst)
@@ -154,7 +156,7 @@ class UpstreamEngine:
         return self.spec.max_concurrency or self.settings.upstream_max_connections
 
     def check_available(self) -> None:
-        if self.session is None:
+        if self.http is None:
             raise EngineUnavailableError(f"model '{self.spec.id}' is not started")
         if self.router.healthy() == 0:
             raise EngineUnavailableError(
@@ -193,16 +195,16 @@ class UpstreamEngine:
                 opened.release()
                 raise error_from_openai_body(
                     resp.status, body, f"the upstream rejected the request (HTTP {resp.status})")
-            if stream and resp.headers.get("Content-Type", "").startswith("text/event-stream"):
+            if stream and resp.headers.get("content-type", "").startswith("text/event-stream"):
                 yield Started(None)
                 parser = SSEParser(chat, model)
                 try:
-                    async for data in resp.content.iter_any():
+                    async for data in resp.chunks():  # what came before a break comes first
                         for ev in parser.feed(data):
                             yield ev
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                    for ev in parser.feed(_salvage(resp.content) + b"\n"):
-                        yield ev  # what arrived together with the break still counts
+                except (HttpError, asyncio.TimeoutError) as exc:
+                    for ev in parser.feed(b"\n"):  # a last line the break left unterminated
+                        yield ev
                     reason = "timeout" if isinstance(exc, asyncio.TimeoutError) else \
                         type(exc).__name__
                     opened.release(failure=f"stream: {reason}")
@@ -218,7 +220,7 @@ class UpstreamEngine:
                 opened.release(failure="timeout reading the answer")
                 raise UpstreamTimeoutError(
                     f"model '{model}': the upstream did not finish in time") from None
-            except aiohttp.ClientError as exc:
+            except HttpError as exc:
                 opened.release(failure=f"read: {type(exc).__name__}")
                 raise UpstreamError(f"model '{model}': the upstream connection broke") from None
             opened.release()
@@ -236,7 +238,8 @@ class UpstreamEngine:
     async def open(self, path: str, req: InferenceRequest,
                    overrides: dict[str, Any] | None = None) -> Opened:
         """Send the request; return once an instance answered with a non-5xx status."""
-        if self.session is None:
+        http = self.http
+        if http is None:
             raise EngineUnavailableError(f"model '{self.spec.id}' is not started")
         tried: set[Instance] = set()
         last: AutoGLMError | None = None
@@ -248,10 +251,9 @@ class UpstreamEngine:
             headers = inst.headers
             self.router.acquire(inst)
             try:
-                resp = await self.session.post(inst.url + path,
-                                               data=self._body_for(inst, req, overrides or {}),
-                                               headers=headers)
-            except _CONNECT_ERRORS as exc:
+                resp = await http.request("POST", inst.url + path, headers,
+                                          self._body_for(inst, req, overrides or {}))
+            except ConnectError as exc:
                 self.router.release(inst)
                 self.router.failure(inst, f"connect: {type(exc).__name__}")
                 last = UpstreamError(f"model '{self.spec.id}': could not reach an instance")
@@ -278,13 +280,3 @@ class UpstreamEngine:
         raise EngineUnavailableError(
             f"model '{self.spec.id}': no instance is available; retry shortly",
             retry_after=self.router.retry_after())
-
-
-def _salvage(content: aiohttp.StreamReader) -> bytes:
-    """Bytes received before the connection broke. aiohttp raises the stored error before
-    handing out its buffer, so read the buffer directly (if this aiohttp still has it)."""
-    read_nowait = getattr(content, "_read_nowait", None)
-    try:
-        return bytes(read_nowait(-1)) if read_nowait else b""
-    except Exception:  # noqa: BLE001 - best effort on a broken stream
-        return b""

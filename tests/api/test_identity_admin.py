@@ -199,7 +199,7 @@ EXPECTED = {
     "engine.read": {"platform_admin"}, "engine.write": {"platform_admin"},
     # /v1: using (and seeing) the project's model
     "inference": {"platform_admin", "tenant_admin", "member"},
-    "model.list": {"platform_admin", "tenant_admin", "member"},
+    "model.list": {"platform_admin", "tenant_admin", "member", "guest"},
 }
 
 
@@ -311,3 +311,25 @@ async def test_a_binding_exists_once_and_deleting_it_ends_the_role(setup) -> Non
     await asyncio.sleep(2.1)  # the key cache (2 s) holds the old bindings at most that long
     r = await client.http.get(f"/admin/v1/tenants/{ids['bank']}", headers=bearer(key))
     assert r.status_code in (403, 404), r.text
+
+
+async def test_model_list_is_its_own_right(setup) -> None:
+    """A key narrowed to model.list sees the project's model but cannot use it; a key
+    narrowed to inference can use it but not list it."""
+    client, ids = setup["client"], setup["ids"]
+    keys_url = f"/admin/v1/principals/{ids['bank/member']}/keys"
+    lister = (await client.post(keys_url, {"actions": ["model.list"]})).json()["key"]
+    user = (await client.post(keys_url, {"actions": ["inference"]})).json()["key"]
+    project = {"OpenAI-Project": ids["bank/main"]}
+    listed = await client.http.get("/v1/models", headers={**bearer(lister), **project})
+    assert [m["id"] for m in listed.json()["data"]] == [MODEL]
+    assert (await client.http.get(f"/v1/models/{MODEL}",
+                                  headers={**bearer(lister), **project})).status_code == 200
+    chat = await client.http.post("/v1/chat/completions", json=CHAT,
+                                  headers={**bearer(lister), **project})
+    assert chat.status_code == 404
+    assert (await client.http.get("/v1/models", headers={**bearer(user), **project})
+            ).json()["data"] == []
+    used = await client.http.post("/v1/chat/completions", json=CHAT,
+                                  headers={**bearer(user), **project})
+    assert used.status_code == 200, used.text

@@ -21,10 +21,11 @@ def _card(engine: Engine) -> dict[str, Any]:
     return card
 
 
-async def _may_use(authz: Authorizer, identity: Any, project: str | None, model: str) -> bool:
-    """Listed only when the caller may run inference on it (in the chosen project)."""
+async def _may_see(authz: Authorizer, identity: Any, project: str | None, model: str) -> bool:
+    """Listed when the caller's `model.list` right covers it (in the chosen project, within
+    the project's models and the key's narrowing)."""
     try:
-        await authz.require_model(identity, model, project)
+        await authz.require_model(identity, model, project, action="model.list")
     except ModelNotFoundError:
         return False
     return True
@@ -33,12 +34,12 @@ async def _may_use(authz: Authorizer, identity: Any, project: str | None, model:
 async def visible_cards(engines: dict[str, Engine], authz: Authorizer, identity: Any,
                         project: str | None) -> list[dict[str, Any]]:
     """The model cards this caller may see: the model list of REST and gRPC."""
-    return [_card(e) for m, e in engines.items() if await _may_use(authz, identity, project, m)]
+    return [_card(e) for m, e in engines.items() if await _may_see(authz, identity, project, m)]
 
 
 async def _visible(request: Request, model: str) -> bool:
     ctx = request.scope["state"]["ctx"]
-    return await _may_use(request.app.state.authz, ctx.identity, ctx.project, model)
+    return await _may_see(request.app.state.authz, ctx.identity, ctx.project, model)
 
 
 async def list_models(request: Request) -> JSONResponse:

@@ -78,9 +78,11 @@ class Authorizer:
         return Resource(tenant_id=tenant_id, project_id=project_id, model=model,
                         allowed_models=allowed)
 
-    async def require_model(self, identity: Any, model: str, header: str | None) -> None:
+    async def require_model(self, identity: Any, model: str, header: str | None,
+                            action: str = "inference") -> None:
+        """``inference`` (use the model) or ``model.list`` (see it listed)."""
         resource = await self.inference_resource(identity, model, header)
-        if not self.allows(identity, "inference", resource):
+        if not self.allows(identity, action, resource):
             raise ModelNotFoundError(
                 f"The model '{model}' does not exist or you do not have access to it.",
                 param="model")

@@ -172,6 +172,9 @@ class PolicyStore:
         return True
 
 
+MODEL_ACTIONS = frozenset({"inference", "model.list"})  # bounded by the project's model list
+
+
 def _scope_of(binding_tenant: str | None, binding_project: str | None) -> Scope:
     if binding_project is not None:
         return "project"
@@ -192,7 +195,7 @@ def authorize(policy: Policy, identity: Any, action: str, resource: Resource) ->
     models = getattr(identity, "models", None)
     if models is not None and resource.model is not None and resource.model not in models:
         return False
-    if action == "inference" and resource.allowed_models is not None and (
+    if action in MODEL_ACTIONS and resource.allowed_models is not None and (
         resource.model not in resource.allowed_models
     ):
         return False

@@ -178,8 +178,7 @@ async def test_policy_read_and_validate(setup) -> None:
 # platform admin may ever touch another tenant's. A route whose action is missing here
 # fails the test: every new route needs a decision.
 EXPECTED = {
-    "tenant.create": {"platform_admin"}, "tenant.list": {"platform_admin", "tenant_admin",
-                                                         "member", "guest"},
+    "tenant.create": {"platform_admin"}, "tenant.list": {"platform_admin", "tenant_admin"},
     "tenant.read": {"platform_admin", "tenant_admin"},
     "project.create": {"platform_admin", "tenant_admin"},
     "project.list": {"platform_admin", "tenant_admin"},
@@ -333,3 +332,15 @@ async def test_model_list_is_its_own_right(setup) -> None:
     used = await client.http.post("/v1/chat/completions", json=CHAT,
                                   headers={**bearer(user), **project})
     assert used.status_code == 200, used.text
+
+
+async def test_who_may_not_read_a_tenant_may_not_list_tenants(setup) -> None:
+    client, ids, keys = setup["client"], setup["ids"], setup["keys"]
+    loner = (await client.post(f"/admin/v1/tenants/{ids['bank']}/principals",
+                               {"name": "no-binding"})).json()
+    key = (await client.post(f"/admin/v1/principals/{loner['id']}/keys", {})).json()["key"]
+    for secret in (key, keys["bank/member"], keys["bank/guest"]):
+        assert (await client.http.get("/admin/v1/tenants",
+                                      headers=bearer(secret))).status_code == 403
+    own = await client.http.get("/admin/v1/tenants", headers=bearer(keys["bank/admin"]))
+    assert [t["id"] for t in own.json()["data"]] == [ids["bank"]]

@@ -118,10 +118,13 @@ async def create_tenant(request: Request) -> JSONResponse:
 async def list_tenants(request: Request) -> JSONResponse:
     identity, directory, _ = _ctx(request)
     limit, after = _page_args(request)
-    if request.app.state.authz.allows(identity, "tenant.list", Resource()):
+    authz = request.app.state.authz
+    if authz.allows(identity, "tenant.list", Resource()):
         return _page(*directory.page(Tenant, limit=limit, after=after))
-    own = identity.tenant_id  # others see their own tenant only
-    rows = [directory.get(Tenant, own)] if own and (after is None or own > after) else []
+    own = identity.tenant_id  # others see their own tenant, if they may read it
+    if not own or not authz.allows(identity, "tenant.read", Resource(tenant_id=own)):
+        _check(request, "tenant.list", None, resource="tenants")  # refused, and audited
+    rows = [directory.get(Tenant, own)] if after is None or own > after else []
     return _page(rows, False)
 
 

@@ -197,3 +197,19 @@ def test_migration_0002_removes_duplicate_bindings_and_forbids_new_ones(tmp_path
     with pytest.raises(IntegrityError), database.session() as s, s.begin():
         s.add(RoleBinding(principal_id=alice, role="tenant_admin", tenant_id=tenant))
     database.close()
+
+
+def test_a_key_is_rotated_once_and_never_after_it_expired(db: Database) -> None:
+    from autoglm.errors import InvalidRequestError
+
+    _, _, alice = seed(db)
+    clock = Clock()
+    svc = KeyService(db, PEPPER, clock=clock)
+    old, rec = svc.create(alice, expires_at=clock.now + timedelta(hours=2))
+    new, new_rec = svc.rotate(rec.id, grace=timedelta(hours=1))
+    with pytest.raises(InvalidRequestError, match="already rotated"):
+        svc.rotate(rec.id)  # a second successor would leave three working keys
+    clock.now += timedelta(hours=3)  # the successor inherited the expiry: it is over too
+    with pytest.raises(InvalidRequestError, match="expired"):
+        svc.rotate(new_rec.id)
+    assert svc.lookup(old) is None and svc.lookup(new) is None

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from autoglm.errors import NotFoundError
+from autoglm.errors import InvalidRequestError, NotFoundError
 from autoglm.security import keys
 from autoglm.store.db import Database
 from autoglm.store.models import ApiKey, Principal, RoleBinding, utcnow
@@ -216,6 +216,14 @@ class KeyService:
             old = s.get(ApiKey, key_id)
             if old is None or old.revoked_at is not None:
                 raise NotFoundError(f"key '{key_id}' not found")
+            if old.rotated_to is not None:  # one successor per key: the chain stays whole
+                raise InvalidRequestError(
+                    f"key '{key_id}' was already rotated; rotate its successor "
+                    f"'{old.rotated_to}' instead", param="key")
+            old_expiry = _aware(old.expires_at)
+            if old_expiry is not None and old_expiry <= now:
+                raise InvalidRequestError(
+                    f"key '{key_id}' has expired; create a new key instead", param="key")
             secret = keys.generate_key()
             new = ApiKey(principal_id=old.principal_id, key_hash=keys.hash_key(self.pepper, secret),
                          display=keys.display(secret), name=old.name, projects=old.projects,
@@ -223,7 +231,6 @@ class KeyService:
             s.add(new)
             s.flush()
             end = now + grace
-            old_expiry = _aware(old.expires_at)
             old.expires_at = end if old_expiry is None or end < old_expiry else old_expiry
             if grace <= timedelta(0):
                 old.revoked_at = now

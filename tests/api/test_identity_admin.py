@@ -344,3 +344,34 @@ async def test_who_may_not_read_a_tenant_may_not_list_tenants(setup) -> None:
                                       headers=bearer(secret))).status_code == 403
     own = await client.http.get("/admin/v1/tenants", headers=bearer(keys["bank/admin"]))
     assert [t["id"] for t in own.json()["data"]] == [ids["bank"]]
+
+
+async def test_ids_that_cannot_exist_are_answered_without_the_database(setup) -> None:
+    """On PostgreSQL a path id longer than its column was a 500 (value too long)."""
+    from sqlalchemy import event
+
+    client = setup["client"]
+    engine = client.app.state.db.engine
+    await client.get("/admin/v1/tenants")  # the admin key is now in the cache
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:  # noqa: ANN001
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        long_id = "ten_" + "a" * 300
+        for method, url, body in (
+            ("GET", f"/admin/v1/tenants/{long_id}", None),
+            ("POST", f"/admin/v1/tenants/{long_id}/projects", {"name": "p"}),
+            ("GET", f"/admin/v1/keys/key_{'b' * 300}", None),
+            ("GET", "/admin/v1/projects/../../etc", None),
+            ("POST", f"/admin/v1/principals/{'X' * 40}/keys", {}),
+        ):
+            r = await client.http.request(method, url, json=body, headers=client.auth)
+            assert r.status_code == 404, (url, r.status_code, r.text)
+        r = await client.get(f"/admin/v1/tenants?after={long_id}")
+        assert r.status_code == 400
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert statements == []

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from autoglm.errors import NotFoundError, PermissionDeniedError
 from autoglm.security.policy import Resource
 from autoglm.store.directory import Act, Directory
+from autoglm.store.models import valid_id
 
 
 def ctx(request: Request) -> tuple[Any, Directory, Act]:
@@ -27,6 +28,9 @@ def ctx(request: Request) -> tuple[Any, Directory, Act]:
 def check(request: Request, action: str, tenant_id: str | None,
           project_id: str | None = None, resource: str = "") -> None:
     identity, directory, act = ctx(request)
+    for named in (tenant_id, project_id):
+        if named is not None and named != "?" and not valid_id(named):
+            raise NotFoundError("not found")  # names nothing: no database, no audit row
     if request.app.state.authz.allows(identity, action,
                                       Resource(tenant_id=tenant_id, project_id=project_id)):
         return

@@ -24,7 +24,7 @@ from autoglm.pipeline.schemas import parse
 from autoglm.errors import InvalidRequestError, NotFoundError
 from autoglm.security.policy import Resource, parse_policy
 from autoglm.store.directory import Directory, view
-from autoglm.store.models import ApiKey, Principal, Project, RoleBinding, Tenant
+from autoglm.store.models import ApiKey, Principal, Project, RoleBinding, Tenant, valid_id
 
 
 MAX_HOURS = 24 * 366 * 10  # ten years: the longest expiry or grace period accepted
@@ -91,7 +91,10 @@ def _page_args(request: Request) -> tuple[int, str | None]:
     raw = request.query_params.get("limit", "20")
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 100:
         raise InvalidRequestError("limit must be an integer from 1 to 100", param="limit")
-    return int(raw), request.query_params.get("after")
+    after = request.query_params.get("after")
+    if after is not None and not valid_id(after):
+        raise InvalidRequestError("after must be an id from an earlier page", param="after")
+    return int(raw), after
 
 
 def _page(rows: list[Any], more: bool) -> JSONResponse:

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from autoglm.errors import ModelNotFoundError, PermissionDeniedError
 from autoglm.security.policy import PolicyStore, Resource, authorize
 from autoglm.store.db import Database
-from autoglm.store.models import Project
+from autoglm.store.models import Project, valid_id
 
 PROJECT_HEADER = "openai-project"  # what the openai SDK sends for `project=`
 
@@ -63,6 +63,10 @@ class Authorizer:
 
     async def inference_resource(self, identity: Any, model: str, header: str | None) -> Resource:
         project_id = self._chosen_project(identity, header)
+        if project_id is not None and not valid_id(project_id):
+            raise ModelNotFoundError(  # a malformed project id names nothing: no query
+                f"The model '{model}' does not exist or you do not have access to it.",
+                param="model")
         if project_id is None:
             return Resource(tenant_id=getattr(identity, "tenant_id", None), model=model)
         info = self._projects.get(project_id)

@@ -18,6 +18,7 @@ from autoglm.errors import InvalidRequestError, NotFoundError
 from autoglm.store.db import Database
 from autoglm.store.models import (
     ROLES,
+    valid_id,
     ApiKey,
     AuditEvent,
     Base,
@@ -62,6 +63,8 @@ class Directory:
         return row
 
     def find(self, model: type[M], id_: str) -> M | None:
+        if not valid_id(id_):
+            return None
         with self.db.session() as s:
             return s.get(model, id_)
 

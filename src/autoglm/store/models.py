@@ -8,6 +8,7 @@ so an id never reveals how many objects exist.
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,16 @@ ROLES = ("platform_admin", "tenant_admin", "member", "guest")
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
+
+
+ID_MAX = 32  # the id columns' length
+_ID = re.compile(r"^[a-z]{2,4}_[a-z0-9_]{1,27}$")
+
+
+def valid_id(value: object) -> bool:
+    """Shaped like an id this store makes (``prj_0a1b...``, ``prn_platform_admin``): anything
+    else names nothing, and is answered without asking the database."""
+    return isinstance(value, str) and len(value) <= ID_MAX and _ID.match(value) is not None
 
 
 def utcnow() -> datetime:

@@ -141,8 +141,8 @@ class BatchingStreamHandler(logging.Handler):
 
 class AccessLog:
     """The access log's one line per request: through the batching handler directly when
-    logging is set up as ``setup_logging`` does (a few microseconds less per request),
-    else through the ``autoglm.access`` logger."""
+    logging is exactly as ``setup_logging`` set it up (a few microseconds less per
+    request), else through the ``autoglm.access`` logger, so that every handler sees it."""
 
     def __init__(self) -> None:
         self.logger = logging.getLogger("autoglm.access")
@@ -151,12 +151,12 @@ class AccessLog:
         logger = self.logger
         if not logger.isEnabledFor(logging.INFO):
             return
-        if logger.propagate and not logger.handlers:
-            for handler in logging.getLogger().handlers:
-                if isinstance(handler, BatchingStreamHandler):
-                    handler.write_fields(logger.name, "request", fields)
-                    return
-        logger.info("request", extra=fields)
+        handlers = logging.getLogger().handlers
+        if logger.propagate and not logger.handlers and len(handlers) == 1 \
+                and isinstance(handlers[0], BatchingStreamHandler):
+            handlers[0].write_fields(logger.name, "request", fields)
+            return
+        logger.info("request", extra=fields)  # other handlers attached: they see it too
 
 
 def setup_logging(level: str, component: str = "gateway") -> None:

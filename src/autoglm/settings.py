@@ -165,6 +165,12 @@ class Settings(BaseSettings):
         None, description="Secret the API-key hashes are keyed with. Replicas sharing a "
         "database must share it. Unset: generated into data_dir/secrets/pepper.",
     )
+    auth_failure_limit: int = Field(
+        20, ge=1, le=100_000,
+        description="Failed authentications one client address may make per "
+                    "auth_failure_window_s; beyond them it gets 429 until the window ends.")
+    auth_failure_window_s: float = Field(
+        10.0, gt=0, le=3600, description="Window of auth_failure_limit, in seconds.")
     dangerously_disable_auth: bool = Field(
         False, description="Serve without any API key check. Never use outside a sandbox."
     )

@@ -166,3 +166,19 @@ async def test_request_id_is_echoed_or_made(api: AppClient) -> None:
     assert resp.headers["x-request-id"].startswith("req_")
     resp = await api.http.get("/v1/models")  # errors carry one too
     assert resp.headers["x-request-id"].startswith("req_")
+
+
+async def test_repeated_bad_keys_from_one_address_get_429(tmp_path) -> None:
+    from tests.conftest import make_settings, start_app
+
+    settings = make_settings(tmp_path / "d", auth_failure_limit=2, auth_failure_window_s=30)
+    async for client in start_app(settings):
+        bad = {"Authorization": "Bearer agk_" + "q" * 49}
+        for _ in range(2):
+            r = await client.http.get("/v1/models", headers=bad)
+            assert r.status_code == 401
+        for path in ("/v1/models", "/v1/chat/completions"):  # edge and pipeline alike
+            r = await client.http.post(path, json={}, headers=client.auth) if "chat" in path \
+                else await client.http.get(path, headers=client.auth)
+            err = assert_openai_error(r, 429, "too_many_auth_failures")
+            assert "address" in err["message"] and int(r.headers["retry-after"]) >= 1

@@ -81,7 +81,9 @@ class GatewayMiddleware:
         else:
             rid = f"req_{self.ids.getrandbits(128):032x}"
         token = request_id_var.set(rid)
-        ctx = RequestContext(rid, "http", credentials, project or None, started=started)
+        peer = scope.get("client")
+        ctx = RequestContext(rid, "http", credentials, project or None,
+                             client=peer[0] if peer else None, started=started)
         scope.setdefault("state", {})["ctx"] = ctx
         status_box = [0]
         rid_header = (b"x-request-id", rid.encode())
@@ -98,7 +100,7 @@ class GatewayMiddleware:
                 raise PayloadTooLargeError(
                     f"Request body is {int(length)} bytes; the limit is {self.max_body} bytes.")
             if self.routes.edge_authenticated(scope["path"]):
-                ctx.identity = await self.auth.authenticate(credentials)
+                ctx.identity = await self.auth.authenticate(credentials, ctx.client)
             await self.app(scope, self._limited(receive), send_wrapper)
         except Exception as exc:  # noqa: BLE001 - the one place errors become responses
             err = to_error(exc)

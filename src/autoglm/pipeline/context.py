@@ -18,6 +18,7 @@ class RequestContext:
     transport: Transport
     credentials: str | None = None  # the Authorization value as received; authenticate reads it
     project: str | None = None  # the project the caller names (OpenAI-Project header)
+    client: str | None = None  # the caller's network address (limits on failed keys)
     identity: Any = None  # security.keystore.Identity once authenticated
     model: str = ""  # the model id, once resolved
     engine: Any = None  # the model's engine, once resolved

@@ -54,6 +54,18 @@ _STATUS = {400: _S.INVALID_ARGUMENT, 401: _S.UNAUTHENTICATED, 403: _S.PERMISSION
            503: _S.UNAVAILABLE, 504: _S.DEADLINE_EXCEEDED, 507: _S.RESOURCE_EXHAUSTED}
 
 
+def _peer_address(peer: str | None) -> str | None:
+    """``ipv4:127.0.0.1:5000`` / ``ipv6:[::1]:5000`` / ``unix:...`` -> the address part."""
+    if not peer:
+        return None
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return None  # a Unix socket (the TLS front): no address to hold failures against
+
+
 def status_code(http_status: int) -> grpc.StatusCode:
     """The gRPC status for an HTTP status (other 4xx: INVALID_ARGUMENT, else INTERNAL)."""
     code = _STATUS.get(http_status)
@@ -89,7 +101,8 @@ class _Call:
         self.context = context
         self.route = f"grpc:/{SERVICE}/{method}"
         self.ctx = RequestContext(rid, "grpc", md.get("authorization"),
-                                  md.get("openai-project") or None)
+                                  md.get("openai-project") or None,
+                                  client=_peer_address(context.peer()))
         self.status = 0
         self._token = request_id_var.set(rid)
 
@@ -152,7 +165,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         try:
             await call.begin()
             ctx = call.ctx
-            ctx.identity = await state.auth.authenticate(ctx.credentials)
+            ctx.identity = await state.auth.authenticate(ctx.credentials, ctx.client)
             cards = await visible_cards(state.engines, state.authz, ctx.identity, ctx.project)
             call.status = 200
             return pb.ListModelsResponse(models=[convert.model(c) for c in cards])

@@ -19,7 +19,8 @@ from autoglm.security.policy import PolicyStore, Resource, authorize
 from autoglm.store.db import Database
 from autoglm.store.models import Project, valid_id
 
-PROJECT_HEADER = "openai-project"  # what the openai SDK sends for `project=`
+PROJECT_HEADER = "openai-project"
+PROJECT_CACHE = 10_000  # what the openai SDK sends for `project=`
 
 
 class Authorizer:
@@ -49,7 +50,11 @@ class Authorizer:
                                 .where(Project.id == project_id)).first()
             if row is not None:
                 value = (row[0], tuple(row[1] or ()))
-        self._projects[project_id] = (value, time.monotonic())
+        projects = self._projects  # bounded: the oldest entry goes first, never all of them
+        projects.pop(project_id, None)
+        while len(projects) >= PROJECT_CACHE:
+            del projects[next(iter(projects))]
+        projects[project_id] = (value, time.monotonic())
         return value
 
     def _chosen_project(self, identity: Any, header: str | None) -> str | None:

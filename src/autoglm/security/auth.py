@@ -18,7 +18,8 @@ from sqlalchemy import select
 from autoglm.errors import AuthenticationError, ConfigError
 from autoglm.security import keys
 from autoglm.security.keystore import Binding, Identity, KeyService
-from autoglm.settings import Settings
+from autoglm.security.failures import AuthFailures
+from autoglm.settings import MIN_ADMIN_KEY_CHARS, Settings
 from autoglm.store.db import Database
 from autoglm.store.directory import Act, Directory
 from autoglm.store.models import ApiKey, RoleBinding
@@ -42,26 +43,42 @@ ANONYMOUS_ADMIN = Identity(
 
 
 class Authenticator:
-    def __init__(self, keys_service: KeyService | None) -> None:
+    def __init__(self, keys_service: KeyService | None,
+                 failures: AuthFailures | None = None) -> None:
         self.keys = keys_service  # None: authentication disabled by the loud flag
+        self.failures = failures or AuthFailures()
 
     @property
     def disabled(self) -> bool:
         return self.keys is None
 
-    async def authenticate(self, authorization: str | None) -> Identity:
+    async def authenticate(self, authorization: str | None,
+                           client: str | None = None) -> Identity:
+        """The identity of a bearer key. ``client``: the caller's address, for the limit on
+        failed attempts. A token that cannot be a key is refused before any hashing."""
         if self.keys is None:
             return ANONYMOUS_ADMIN
+        self.failures.check(client)
         if not authorization:
+            self.failures.failed(client)
             raise AuthenticationError(NO_KEY)
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
-        if scheme.lower() != "bearer" or not token or len(token) > 256:
+        if scheme.lower() != "bearer" or not _plausible(token):
+            self.failures.failed(client)
             raise AuthenticationError(BAD_KEY)
         identity = await self.keys.resolve(token)
         if identity is None:
+            self.failures.failed(client)
             raise AuthenticationError(BAD_KEY)
         return identity
+
+
+def _plausible(token: str) -> bool:
+    """A well-formed agk_ key (checksum and all), or a long secret (an admin key)."""
+    if token.startswith(keys.PREFIX):
+        return keys.well_formed(token)
+    return MIN_ADMIN_KEY_CHARS <= len(token) <= 256
 
 
 ADMIN_PRINCIPAL_ID = "prn_platform_admin"
@@ -119,6 +136,7 @@ def bootstrap(settings: Settings, announce: Callable[[str, str], None],
     else:
         pepper = keys.load_or_create_pepper(secrets_dir / "pepper")
     service = KeyService(db, pepper)
+    failures = AuthFailures(settings.auth_failure_limit, settings.auth_failure_window_s)
     admin = ensure_platform_admin(db)
     with db.session() as s:
         admin_keys = s.scalars(select(ApiKey).where(ApiKey.principal_id == admin)).all()
@@ -127,18 +145,18 @@ def bootstrap(settings: Settings, announce: Callable[[str, str], None],
         secret = settings.admin_key.get_secret_value()
         if keys.hash_key(pepper, secret) not in known:
             _replace_env_key(service, db, admin, secret, admin_keys)
-        return Authenticator(service)
+        return Authenticator(service, failures)
     if admin_keys:
-        return Authenticator(service)
+        return Authenticator(service, failures)
     legacy = secrets_dir / "admin_key.json"
     try:
         stored = json.loads(legacy.read_text())["hash"]
     except FileNotFoundError:
         secret, _ = service.create(admin, name="generated at first start")
         announce(secret, db.url if db.url.startswith("sqlite") else "the database")
-        return Authenticator(service)
+        return Authenticator(service, failures)
     except (KeyError, ValueError) as exc:
         raise ConfigError(f"admin key record {legacy} is damaged: {exc}") from exc
     with db.session() as s, s.begin():
         s.add(ApiKey(principal_id=admin, key_hash=stored, display="agk_…", name="imported"))
-    return Authenticator(service)
+    return Authenticator(service, failures)

@@ -24,6 +24,7 @@ from autoglm.store.models import ApiKey, Principal, RoleBinding, utcnow
 
 Clock = Callable[[], datetime]
 DIGEST_CACHE = 4096
+IDENTITY_CACHE = 50_000
 InTransaction = Callable[[Session, ApiKey], None]  # e.g. add the audit event of the change
 
 
@@ -136,9 +137,13 @@ class KeyService:
         return self._valid(identity)
 
     def _remember(self, digest: str, identity: Identity | None) -> None:
-        if len(self._cache) > 100_000:
-            self._cache.clear()
-        self._cache[digest] = (identity, time.monotonic())
+        """Bounded: a flood of unknown keys pushes out the oldest entries one by one, never
+        the whole cache (which would send every valid key back to the database)."""
+        cache = self._cache
+        cache.pop(digest, None)  # re-inserted at the young end
+        while len(cache) >= IDENTITY_CACHE:
+            del cache[next(iter(cache))]
+        cache[digest] = (identity, time.monotonic())
 
     def _valid(self, identity: Identity | None) -> Identity | None:
         if identity is None:

@@ -20,4 +20,4 @@ class Authenticate(Stage):
 
     async def before(self, ctx: RequestContext, req: InferenceRequest) -> None:
         if ctx.identity is None:
-            ctx.identity = await self.auth.authenticate(ctx.credentials)
+            ctx.identity = await self.auth.authenticate(ctx.credentials, ctx.client)

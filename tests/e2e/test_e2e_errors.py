@@ -96,3 +96,18 @@ def test_error_bodies_have_openai_shape(
         assert err["param"], err
     if status == 405:
         assert "POST" in r.headers.get("allow", ""), r.headers
+
+
+def test_a_huge_body_sent_before_reading_still_gets_the_413(server: ServerProcess) -> None:
+    """urllib sends the whole body, then reads: 64 MiB used to end in a connection reset."""
+    import urllib.error
+    import urllib.request
+
+    body = b"x" * (64 * 1024 * 1024)
+    req = urllib.request.Request(server.api_base + "/chat/completions", data=body, method="POST",
+                                 headers={**server.auth, "Content-Type": "application/json"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        opener.open(req, timeout=60)
+    assert exc.value.code == 413
+    assert b"request_too_large" in exc.value.read()

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -49,6 +50,36 @@ def _headers(scope: Scope) -> tuple[str | None, str | None, str | None, str | No
         elif key == b"openai-project":
             project = value.decode("latin-1")
     return rid, auth, project, length
+
+
+LINGER_BYTES = 128 * 1024 * 1024  # read and dropped before a 413, at most
+LINGER_S = 30.0
+
+
+def _lingers(scope: Scope, length: str | None) -> bool:
+    """Whether to read the rest of a refused body first. A client that sends the whole body
+    before reading (Python's urllib does) gets a connection reset instead of the 413 if the
+    server closes with unread bytes; as nginx's lingering close, read (and drop) them first,
+    up to a bound. Not for a client that waits for 100-continue: it sends nothing more."""
+    for key, value in scope["headers"]:
+        if key == b"expect" and value.lower() == b"100-continue":
+            return False
+    return length is None or not length.isdigit() or int(length) <= LINGER_BYTES
+
+
+async def _drain(receive: Receive) -> None:
+    async def read_rest() -> None:
+        seen = 0
+        while seen <= LINGER_BYTES:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+            seen += len(message.get("body", b""))
+
+    try:
+        await asyncio.wait_for(read_rest(), LINGER_S)
+    except asyncio.TimeoutError:
+        pass
 
 
 class GatewayMiddleware:
@@ -107,6 +138,8 @@ class GatewayMiddleware:
             if status_box[0]:  # response already started: nothing more can be said
                 log.error("error after response started", extra={"error": err.message})
             else:
+                if isinstance(err, PayloadTooLargeError) and _lingers(scope, length):
+                    await _drain(receive)
                 await send_wrapper({"type": "http.response.start", "status": err.status,
                                     "headers": error_headers(err)})
                 await send_wrapper({"type": "http.response.body", "body": error_body(err)})

@@ -139,6 +139,14 @@ class Settings(BaseSettings):
         description="TCP port of the gRPC server (autoglm.v1.Inference, health, reflection), "
         "on the same host with the same keys and TLS. Unset: no gRPC. 0: any free port.",
     )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Longest a client may take to send a request's "
+        "headers (from its first byte); then the connection is closed (slow-loris).")
+    body_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="Longest a client may take to send a request body.")
+    max_connections: int = Field(
+        4096, ge=16, le=1_000_000, description="Connections one gateway process keeps open at "
+        "once; beyond it a new connection gets 503 and is closed.")
     workers: int = Field(
         1, ge=1, le=64,
         description="Gateway processes sharing the port (and one set of engine processes).")

@@ -9,6 +9,7 @@ from typing import Any
 
 import uvicorn
 
+from autoglm.serving.protocol import protocol_with_deadlines
 from autoglm.settings import Settings
 
 Announce = Callable[[str, str], None]
@@ -21,7 +22,10 @@ def uvicorn_config(settings: Settings, app: Any, **bind: Any) -> uvicorn.Config:
         tls = {"ssl_certfile": str(settings.ssl_certfile), "ssl_keyfile": str(settings.ssl_keyfile)}
     config = uvicorn.Config(
         app, log_config=None, access_log=False, server_header=False,
-        timeout_graceful_shutdown=10, **bind, **tls,
+        timeout_graceful_shutdown=10,
+        http=protocol_with_deadlines(settings.header_timeout_s, settings.body_timeout_s,
+                                     settings.max_connections),
+        **bind, **tls,
     )
     config.load()
     if config.ssl is not None:

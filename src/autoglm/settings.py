@@ -179,6 +179,9 @@ class Settings(BaseSettings):
                     "auth_failure_window_s; beyond them it gets 429 until the window ends.")
     auth_failure_window_s: float = Field(
         10.0, gt=0, le=3600, description="Window of auth_failure_limit, in seconds.")
+    ops_public: bool = Field(
+        False, description="Show /readyz details (models, engines, pids, instances) and "
+        "/metrics without a key. Off: they need a key that may read engines.")
     dangerously_disable_auth: bool = Field(
         False, description="Serve without any API key check. Never use outside a sandbox."
     )

@@ -104,7 +104,7 @@ async def test_error_before_stream_start_is_a_plain_http_error(api: AppClient) -
 
 
 async def test_readyz_reports_engine(api: AppClient) -> None:
-    resp = await api.http.get("/readyz")
+    resp = await api.get("/readyz")
     body = resp.json()
     assert body["status"] == "ready"
     check = body["checks"][MODEL]
@@ -116,7 +116,7 @@ async def test_readyz_reports_engine(api: AppClient) -> None:
 async def test_metrics_count_requests_and_tokens(api: AppClient) -> None:
     await api.post("/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 3})
     await api.post("/v1/completions", {"model": "nope", "prompt": "Hi"})
-    text = (await api.http.get("/metrics")).text
+    text = (await api.get("/metrics")).text
     assert ('autoglm_requests_total{model="smollm2-135m-instruct",route="/v1/completions",'
             'status="200"}') in text
     assert 'route="/v1/completions",status="404"' in text
@@ -271,7 +271,7 @@ async def test_registered_model_is_served_by_name_and_refused_when_changed(tmp_p
     async for client in start_app(make_settings(tmp_path / "d", model="smol")):
         cards = (await client.get("/v1/models")).json()["data"]
         assert [m["id"] for m in cards] == ["smol"]
-        ready = (await client.http.get("/readyz")).json()
+        ready = (await client.get("/readyz")).json()
         assert ready["checks"]["smol"]["verification"]["source"] == "registry:smol"
     with (model_dir / "smol.Q4_1.gguf").open("ab") as fh:
         fh.write(b"tampered")

@@ -44,10 +44,17 @@ async def test_wrong_and_malformed_keys_get_the_same_401(api: AppClient) -> None
     assert len(messages) == 1
 
 
-async def test_health_and_metrics_need_no_key(api: AppClient) -> None:
+async def test_probes_need_no_key_and_show_nothing_without_one(api: AppClient) -> None:
     assert (await api.http.get("/healthz")).status_code == 200
-    assert (await api.http.get("/readyz")).status_code == 200
-    assert (await api.http.get("/metrics")).status_code == 200
+    bare = await api.http.get("/readyz")
+    assert bare.status_code == 200 and bare.json() == {"status": "ready"}  # no models, no pids
+    assert "checks" in (await api.get("/readyz")).json()  # a key that may read engines: all
+    refused = await api.http.get("/metrics")
+    assert_openai_error(refused, 401, "invalid_api_key")
+    metrics = await api.get("/metrics")
+    assert metrics.status_code == 200 and "autoglm_requests_total" in metrics.text
+    guessed = await api.http.get("/metrics", headers={"Authorization": "Bearer agk_nope"})
+    assert guessed.status_code == 401
 
 
 async def test_unknown_route_is_404(api: AppClient) -> None:

@@ -157,7 +157,7 @@ class ServerProcess:
     def _wait_ready(self) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + START_DEADLINE_S
-        with self.client(timeout=2.0) as http:
+        with self.client(auth=True, timeout=2.0) as http:
             while time.monotonic() < deadline:
                 code = self.proc.poll()
                 if code is not None:
@@ -271,7 +271,7 @@ class ServerProcess:
 
     # --- probes ------------------------------------------------------------------------
     def readyz(self) -> tuple[int, dict[str, Any]]:
-        with self.client(timeout=5.0) as http:
+        with self.client(auth=True, timeout=5.0) as http:  # the details need a key
             r = http.get("/readyz")
         body = r.json()
         self._remember_pid(body)
@@ -286,7 +286,7 @@ class ServerProcess:
             self.engine_pids.add(pid)
 
     def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-        with self.client(timeout=5.0) as http:
+        with self.client(auth=True, timeout=5.0) as http:
             r = http.get("/metrics")
         assert r.status_code == 200, r.text
         return parse_metrics(r.text)

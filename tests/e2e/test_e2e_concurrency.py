@@ -37,7 +37,7 @@ async def test_four_concurrent_streams_progress_together(server: ServerProcess) 
                 arrivals[i].append(time.monotonic())
 
     async def watch_busy() -> None:
-        async with server.async_client(timeout=5.0) as http:
+        async with server.async_client(auth=True, timeout=5.0) as http:
             while not done.is_set():
                 r = await http.get("/readyz")
                 busy_seen.append(r.json()["checks"][MODEL]["busy"])

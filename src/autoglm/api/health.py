@@ -1,4 +1,9 @@
-"""``GET /healthz`` (the process answers) and ``GET /readyz`` (every engine is ready)."""
+"""``GET /healthz`` (the process answers) and ``GET /readyz`` (every engine is ready).
+
+Without a key, ``/readyz`` says only ready or not (for load balancers and probes): the
+details (models, engines, pids, instance names) are for callers whose key may read engines
+(``engine.read``), or for everyone where the operator opened them (``ops_public``).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,27 @@ import asyncio
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from autoglm.errors import AuthenticationError
+from autoglm.security.policy import Resource
+
 
 async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
+
+
+async def may_see_operations(request: Request) -> bool:
+    """Whether this caller may see operational details (readyz checks, metrics)."""
+    state = request.app.state
+    if state.settings.ops_public:
+        return True
+    ctx = request.scope["state"]["ctx"]
+    if not ctx.credentials:
+        return False
+    try:
+        identity = await state.auth.authenticate(ctx.credentials, ctx.client)
+    except AuthenticationError:
+        return False
+    return state.authz.allows(identity, "engine.read", Resource())
 
 
 async def readyz(request: Request) -> JSONResponse:
@@ -26,8 +49,11 @@ async def readyz(request: Request) -> JSONResponse:
         }
     ready = bool(checks) and all(c["status"] == "ready" for c in checks.values())
     headers = {} if ready else {"retry-after": "1"}
+    body: dict = {"status": "ready" if ready else "not_ready"}
+    if await may_see_operations(request):
+        body["checks"] = checks
     return JSONResponse(
-        {"status": "ready" if ready else "not_ready", "checks": checks},
+        body,
         status_code=200 if ready else 503,
         headers=headers,
     )

@@ -12,6 +12,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
+from autoglm.errors import AuthenticationError
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 
@@ -67,6 +69,14 @@ class Metrics:
 
 
 async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus text; model ids and instance names are in it, so it needs a key that may
+    read engines (Prometheus: ``authorization: {credentials: ...}``) unless ``ops_public``."""
+    from autoglm.api.health import may_see_operations
+
+    if not await may_see_operations(request):
+        raise AuthenticationError(
+            "Metrics need an API key that may read engines (Authorization: Bearer <key>), "
+            "or ops_public: true.")
     metrics: Metrics = request.app.state.metrics
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

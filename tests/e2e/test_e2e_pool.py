@@ -228,7 +228,7 @@ def test_upstream_4xx_stays_4xx_and_hides_the_address(pool) -> None:
         ups["solo"].control(mode="ok")
     assert resp.status_code == 400
     err = resp.json()["error"]
-    assert err["message"] == "standin error400" and err["param"] == "messages"
+    assert err["message"] == "model 'solo': standin error400" and err["param"] == "messages"
     assert instance(srv, "solo", "solo")["state"] == "up"  # a 4xx is not the upstream's fault
 
 

@@ -98,3 +98,20 @@ async def test_upstream_4xx_keeps_its_status_and_error(both: tuple[AppClient, Re
         standin.control(mode="ok")
     assert r.status_code == 400
     assert orjson.loads(r.content)["error"]["code"] == "error400"
+
+
+async def test_upstream_error_texts_name_the_model_not_the_upstream(
+        both: tuple[AppClient, RewriteStage], standin: Standin) -> None:
+    api, _ = both
+    leaky = ("max_tokens is too large; see http://10.0.0.5:8000/v1/docs on 10.0.0.5:8000 "
+             "(/opt/vllm/entrypoints/openai/serving.py) Traceback (most recent call last): ...")
+    standin.control(mode="error400", message=leaky)
+    try:
+        r = await api.post("/v1/chat/completions", {**BODY, "model": UPSTREAM})
+    finally:
+        standin.control(mode="ok", message=None)
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["code"] == "error400" and err["param"] == "messages"
+    assert err["message"].startswith(f"model '{UPSTREAM}': max_tokens is too large")
+    for internal in ("10.0.0.5", "http://", "/opt/vllm", "Traceback", "8000"):
+        assert internal not in err["message"], err["message"]

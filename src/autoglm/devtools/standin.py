@@ -193,7 +193,8 @@ async def _complete(st: Standin, body: bytes, writer: asyncio.StreamWriter,
         return False
     if mode in ("error500", "error400"):
         status = 500 if mode == "error500" else 400
-        data = orjson.dumps({"error": {"message": f"standin {mode}", "type": "invalid_request_error",
+        data = orjson.dumps({"error": {"message": conf.get("message") or f"standin {mode}",
+                                       "type": "invalid_request_error",
                                        "param": "messages", "code": mode}})
         writer.write(_head(status, served, len(data)) + data)
         return True

@@ -21,7 +21,7 @@ from typing import Any
 
 from autoglm.engine.admission import AdmissionQueue
 from autoglm.engine.base import EngineHealth, Event, ModelCard, Started
-from autoglm.engine.upstream.events import SSEParser, broken, from_json
+from autoglm.engine.upstream.events import SSEParser, broken, from_json, rejection
 from autoglm.engine.upstream.http import (
     ConnectError,
     HttpClient,
@@ -36,7 +36,6 @@ from autoglm.errors import (
     InvalidRequestError,
     UpstreamError,
     UpstreamTimeoutError,
-    error_from_openai_body,
 )
 from autoglm.pipeline.request import InferenceRequest
 from autoglm.settings import ModelSpec, Settings, revealed
@@ -193,8 +192,7 @@ class UpstreamEngine:
             if resp.status >= 400:
                 body = await resp.read()
                 opened.release()
-                raise error_from_openai_body(
-                    resp.status, body, f"the upstream rejected the request (HTTP {resp.status})")
+                raise rejection(model, resp.status, body)
             if stream and resp.headers.get("content-type", "").startswith("text/event-stream"):
                 yield Started(None)
                 parser = SSEParser(chat, model)

@@ -9,13 +9,14 @@ turns them back into the same objects, with only the text put back in.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
 from autoglm.engine.base import Delta, Event, Finished, Started
-from autoglm.errors import AutoGLMError, UpstreamError
+from autoglm.errors import AutoGLMError, UpstreamError, error_from_openai_body
 
 
 def _text_of(choice: dict[str, Any], holder: str | None) -> str:
@@ -119,6 +120,24 @@ class SSEParser:
     def end(self) -> Finished:
         """The stream is over: usage as reported (zero where the upstream gave none)."""
         return self.finished or Finished(0, 0)
+
+
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.I)
+_ADDRESS = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b|\[[0-9a-f:]+\](?::\d+)?", re.I)
+_PATH = re.compile(r"(?<![\w.])/(?:[\w.-]+/)+[\w.-]*")
+MAX_MESSAGE = 300
+
+
+def rejection(model: str, status: int, body: bytes) -> AutoGLMError:
+    """An upstream's 4xx, kept a 4xx with its param and code; its message names the model
+    and is stripped of what would describe the upstream (URLs, addresses, file paths, a
+    trace), so a client learns what was wrong with its request, not where it went."""
+    err = error_from_openai_body(status, body, f"the request was rejected (HTTP {status})")
+    text = err.message.split("Traceback", 1)[0]
+    text = _PATH.sub("[path]", _ADDRESS.sub("[address]", _URL.sub("[url]", text)))
+    text = " ".join(text.split())[:MAX_MESSAGE] or f"the request was rejected (HTTP {status})"
+    err.message = f"model '{model}': {text}"
+    return err
 
 
 def broken(model: str) -> AutoGLMError:

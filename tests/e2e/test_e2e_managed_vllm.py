@@ -104,6 +104,12 @@ def test_requests_are_served_by_the_children(managed: ServerProcess) -> None:
             assert r.status_code == 200
             served.add(r.json()["system_fingerprint"])
     assert served == {"vllm"}
+    for child in engines_view(managed)["qwen"]["instances"]:  # its own key, no secrets
+        stats = child_stats(child)
+        assert stats["last_authorization"].startswith("Bearer ")
+        assert managed.key not in stats["last_authorization"]
+        assert "VLLM_API_KEY" in stats["env_names"]
+        assert not [n for n in stats["env_names"] if n.startswith("AUTOGLM_")], stats
     code, body = managed.readyz()
     assert code == 200 and body["checks"]["qwen"]["healthy_instances"] == 2
 

@@ -158,7 +158,8 @@ async def respond(st: Standin, method: str, path: str, body: bytes,
                              "served_model_name": st.served_model_name, "pid": os.getpid(),
                              "last_authorization": st.last_authorization,
                              "last_body": st.last_body[:4096].decode("utf-8", "replace"),
-                             "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")})
+                             "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                             "env_names": sorted(os.environ)})
         writer.write(_head(200, served, len(data)) + data)
         return True
     if method == "GET" and path.rstrip("/").endswith(("/models", "/health")):

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
+import secrets
 import shutil
 import socket
 from dataclasses import dataclass
@@ -36,6 +38,20 @@ class Child:
     name: str
     port: int
     gpus: list[Gpu]
+    api_key: str  # random, per child: other local processes cannot use it
+
+
+def child_env(child: Child) -> dict[str, str]:
+    """The child's environment: the platform's secrets stay out (admin key, pepper, database
+    URL, hub tokens: every AUTOGLM_* variable and anything named like a token or secret); its
+    own API key goes in (not on the command line, where every local user could read it)."""
+    keep = {k: v for k, v in os.environ.items()
+            if not k.startswith("AUTOGLM_") and not _SECRET_NAME.search(k)}
+    return {**keep, "CUDA_VISIBLE_DEVICES": ",".join(str(g.index) for g in child.gpus),
+            "VLLM_API_KEY": child.api_key}
+
+
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|CREDENTIAL|PEPPER", re.I)
 
 
 def _free_port() -> int:
@@ -66,10 +82,12 @@ def plan(settings: Settings) -> list[list[Gpu]]:
 class ManagedVllmEngine(UpstreamEngine):
     def __init__(self, settings: Settings, model_path: Path, model_id: str,
                  groups: list[list[Gpu]]) -> None:
-        self.children = [Child(f"vllm-{i}", _free_port(), g) for i, g in enumerate(groups)]
+        self.children = [Child(f"vllm-{i}", _free_port(), g, secrets.token_urlsafe(32))
+                         for i, g in enumerate(groups)]
         spec = ModelSpec(
             id=model_id, engine="vllm",
-            instances=[InstanceSpec(url=f"http://127.0.0.1:{c.port}/v1", name=c.name)
+            instances=[InstanceSpec(url=f"http://127.0.0.1:{c.port}/v1", name=c.name,
+                                    api_key=c.api_key)  # a child answers only us
                        for c in self.children],
             max_fails=1, fail_timeout_s=2.0,
         )
@@ -89,7 +107,7 @@ class ManagedVllmEngine(UpstreamEngine):
             "--tensor-parallel-size", str(len(child.gpus)),
             *settings.vllm_extra_args,
         ]
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(str(g.index) for g in child.gpus)}
+        env = child_env(child)
 
         async def probe() -> bool:
             return await _health(child.port)

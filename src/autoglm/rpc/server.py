@@ -237,7 +237,8 @@ class RpcServer:
 
     async def start(self) -> None:
         s = self.settings
-        assert s.grpc_port is not None
+        if s.grpc_port is None:
+            raise ConfigError("the gRPC server needs grpc_port")
         server = self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", s.max_body_bytes),
             ("grpc.so_reuseport", 1),  # several gateway processes may share the port
@@ -249,8 +250,7 @@ class RpcServer:
              reflection.SERVICE_NAME), server)
         where = _address(s.host, s.grpc_port)
         try:
-            if s.tls_enabled:
-                assert s.ssl_certfile is not None and s.ssl_keyfile is not None
+            if s.ssl_certfile is not None and s.ssl_keyfile is not None:
                 backend = self.run_dir / "grpc.sock"
                 server.add_insecure_port(f"unix:{backend}")
                 self.front = TlsFront(server_context(s.ssl_certfile, s.ssl_keyfile,

@@ -60,7 +60,8 @@ class TlsFront:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        assert task is not None
+        if task is None:
+            raise RuntimeError("the TLS front serves connections inside tasks")
         self._conns.add(task)
         try:
             try:

@@ -45,7 +45,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict]
         ids: dict[str, str] = {}
         with db.session() as s, s.begin():
             for tname in ("bank", "hospital"):
-                t = Tenant(name=tname)
+                t = Tenant(name=tname, granted_models=[MODEL])
                 s.add(t)
                 s.flush()
                 ids[tname] = t.id

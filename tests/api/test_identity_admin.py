@@ -41,6 +41,9 @@ async def setup(request: pytest.FixtureRequest,
         for t in ("bank", "hospital"):
             tenant = (await post("/admin/v1/tenants", {"name": t})).json()
             w["ids"][t] = tenant["id"]
+            granted = await client.http.put(f"/admin/v1/tenants/{tenant['id']}/models",
+                                            json={"models": [MODEL]}, headers=client.auth)
+            assert granted.status_code == 200, granted.text
             proj = (await post(f"/admin/v1/tenants/{tenant['id']}/projects",
                                {"name": "main", "allowed_models": [MODEL]})).json()
             w["ids"][f"{t}/main"] = proj["id"]
@@ -179,7 +182,7 @@ async def test_policy_read_and_validate(setup) -> None:
 # fails the test: every new route needs a decision.
 EXPECTED = {
     "tenant.create": {"platform_admin"}, "tenant.list": {"platform_admin", "tenant_admin"},
-    "tenant.read": {"platform_admin", "tenant_admin"},
+    "tenant.read": {"platform_admin", "tenant_admin"}, "tenant.grant": {"platform_admin"},
     "project.create": {"platform_admin", "tenant_admin"},
     "project.list": {"platform_admin", "tenant_admin"},
     "project.update": {"platform_admin", "tenant_admin"},
@@ -270,7 +273,9 @@ async def test_isolation_matrix(setup) -> None:
                     body = {"role": "member", "project_id": ids[f"{t}/main"]}
                 elif path.endswith("{project}"):
                     body = {"allowed_models": [MODEL]}
-                r = await http.request(method, url, json=body if method in ("POST", "PATCH")
+                elif path.endswith("{tenant}/models"):
+                    body = {"models": [MODEL]}
+                r = await http.request(method, url, json=body if method in ("POST", "PATCH", "PUT")
                                        else None, headers=bearer(secret))
                 allowed = role in EXPECTED[action] and (side == "own" or role == "platform_admin"
                                                        or action == "tenant.list")
@@ -375,3 +380,52 @@ async def test_ids_that_cannot_exist_are_answered_without_the_database(setup) ->
     finally:
         event.remove(engine, "before_cursor_execute", count)
     assert statements == []
+
+
+async def test_a_tenant_uses_only_the_models_granted_to_it(setup) -> None:
+    """A tenant admin sending no project used every model on the platform; now the tenant's
+    grant bounds every caller of the tenant, and projects can only narrow it."""
+    client, http = setup["client"], setup["client"].http
+    tenant = (await client.post("/admin/v1/tenants", {"name": "clinic"})).json()
+    tid = tenant["id"]
+    assert (await client.get(f"/admin/v1/tenants/{tid}/models")).json()["models"] == []
+    refused = await client.post(f"/admin/v1/tenants/{tid}/projects",
+                                {"name": "wide", "allowed_models": [MODEL]})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "allowed_models"
+    prn = (await client.post(f"/admin/v1/tenants/{tid}/principals", {"name": "c-admin"})).json()
+    await client.post(f"/admin/v1/principals/{prn['id']}/bindings", {"role": "tenant_admin"})
+    admin = bearer((await client.post(f"/admin/v1/principals/{prn['id']}/keys", {})).json()["key"])
+
+    async def usable(headers: dict) -> tuple[int, list[str]]:
+        chat = await http.post("/v1/chat/completions", json=CHAT, headers=headers)
+        listed = (await http.get("/v1/models", headers=headers)).json()["data"]
+        return chat.status_code, [m["id"] for m in listed]
+
+    assert await usable(admin) == (404, [])  # no project, nothing granted: nothing
+    # the tenant admin may read its grant, never change it
+    assert (await http.get(f"/admin/v1/tenants/{tid}/models", headers=admin)).status_code == 200
+    own = await http.put(f"/admin/v1/tenants/{tid}/models", json={"models": [MODEL]},
+                         headers=admin)
+    assert own.status_code == 403
+    granted = await http.put(f"/admin/v1/tenants/{tid}/models", json={"models": [MODEL]},
+                             headers=client.auth)
+    assert granted.json()["models"] == [MODEL]
+    assert await usable(admin) == (200, [MODEL])  # at once: the grant change clears the cache
+    proj = (await client.post(f"/admin/v1/tenants/{tid}/projects",
+                              {"name": "main", "allowed_models": [MODEL]})).json()
+    narrow = (await client.post(f"/admin/v1/tenants/{tid}/projects",
+                                {"name": "narrow", "allowed_models": []})).json()
+    assert await usable({**admin, "OpenAI-Project": proj["id"]}) == (200, [MODEL])
+    assert await usable({**admin, "OpenAI-Project": narrow["id"]}) == (404, [])
+    # taking the grant back ends it for the project that still lists the model
+    await http.put(f"/admin/v1/tenants/{tid}/models", json={"models": []}, headers=client.auth)
+    assert await usable({**admin, "OpenAI-Project": proj["id"]}) == (404, [])
+    assert await usable(admin) == (404, [])
+    with client.app.state.db.session() as s:
+        acts = [(e.decision, e.detail.get("granted_models")) for e in s.query(AuditEvent)
+                .filter(AuditEvent.resource == tid, AuditEvent.action == "tenant.grant")
+                .order_by(AuditEvent.seq)]
+    assert acts == [("deny", None), ("allow", [MODEL]), ("allow", [])]
+    bad = await http.put(f"/admin/v1/tenants/{tid}/models", json={"models": "all"},
+                         headers=client.auth)
+    assert bad.status_code == 400

@@ -31,6 +31,7 @@ def test_two_tenants_from_the_cli_used_with_the_openai_sdk(tmp_path: Path) -> No
     keys = {}
     for t in ("bank", "hospital"):
         tenant = cli(env, "tenants", "create", t)
+        assert cli(env, "tenants", "grant", tenant["id"], "--model", MODEL)["models"] == [MODEL]
         proj = cli(env, "projects", "create", tenant["id"], "main", "--model", MODEL)
         for who, role in (("member", "member"), ("guest", "guest")):
             prn = cli(env, "principals", "create", tenant["id"], f"{t}-{who}")

@@ -182,8 +182,13 @@ def test_migration_0002_removes_duplicate_bindings_and_forbids_new_ones(tmp_path
     with database.engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")
-    tenant, _, alice = seed(database)
-    with database.engine.begin() as conn:
+    tenant, alice = "ten_old", "prn_alice"
+    with database.engine.begin() as conn:  # rows as the 0001 schema had them
+        conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES "
+                          "(:t, 'old', CURRENT_TIMESTAMP)"), {"t": tenant})
+        conn.execute(text("INSERT INTO principals (id, tenant_id, name, kind, disabled, "
+                          "created_at) VALUES (:p, :t, 'alice', 'user', false, "
+                          "CURRENT_TIMESTAMP)"), {"p": alice, "t": tenant})
         for n in range(3):
             conn.execute(text(
                 "INSERT INTO role_bindings (id, principal_id, role, tenant_id, project_id, "

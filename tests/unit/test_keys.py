@@ -45,6 +45,23 @@ async def test_first_start_generates_key_and_stores_only_its_hash(tmp_path) -> N
     assert (await again.authenticate(f"Bearer {key}")).id == "prn_platform_admin"
 
 
+def test_a_cli_command_before_the_first_serve_makes_no_unseen_admin_key(tmp_path) -> None:
+    """The in-process CLI (``autoglm tenants create`` on the database) generated an admin
+    key that nobody ever saw, so the first ``serve`` printed none."""
+    from typer.testing import CliRunner
+
+    from autoglm.cli.main import app
+
+    result = CliRunner().invoke(app, ["tenants", "create", "bank", "--json"],
+                                env={"AUTOGLM_DATA_DIR": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["name"] == "bank"
+    shown: list[str] = []
+    settings = Settings(data_dir=tmp_path)
+    bootstrap(settings, lambda key, where: shown.append(key), _db(settings))
+    assert len(shown) == 1 and keys.well_formed(shown[0])  # the first serve shows one
+
+
 ENV_KEY = "from-env-secret-0123456789abcdef-0123456789"
 
 

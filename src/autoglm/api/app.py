@@ -55,14 +55,17 @@ def create_app(
     engines: dict[str, Engine] | None = None,
     extra_stages: dict[str, list[Stage]] | None = None,
     primary: bool = True,
+    make_admin_key: bool = True,
 ) -> Starlette:
     """``extra_stages`` inserts pipeline stages before the named stage (tests, embedders).
-    ``primary=False``: a gateway worker, whose main process applied the migrations."""
+    ``primary=False``: a gateway worker, whose main process applied the migrations.
+    ``make_admin_key=False``: no admin key is generated (an in-process CLI command, where
+    nobody would see it); the first ``serve`` makes and shows it."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     db = Database(database_url(settings))
     if primary:
         db.upgrade()  # migrations are applied at every start
-    auth = bootstrap(settings, announce or _log_announce, db)
+    auth = bootstrap(settings, announce or _log_announce, db, generate=make_admin_key)
     metrics = Metrics()
     # Unix socket paths are limited to ~100 bytes: keep them short, private and per-app.
     # The directory is made (0700, must not exist yet) and removed by the lifespan.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -28,6 +28,7 @@ from autoglm.store.models import ApiKey, Principal, Project, RoleBinding, Tenant
 
 
 MAX_HOURS = 24 * 366 * 10  # ten years: the longest expiry or grace period accepted
+ModelName = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class TenantIn(BaseModel):
@@ -35,15 +36,20 @@ class TenantIn(BaseModel):
     name: str = Field(min_length=1, max_length=128)
 
 
+class GrantIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    models: list[ModelName] = Field(max_length=1000)
+
+
 class ProjectIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(min_length=1, max_length=128)
-    allowed_models: list[str] = Field(default_factory=list)
+    allowed_models: list[ModelName] = Field(default_factory=list, max_length=1000)
 
 
 class ProjectPatch(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    allowed_models: list[str]
+    allowed_models: list[ModelName] = Field(max_length=1000)
 
 
 class PrincipalIn(BaseModel):
@@ -138,6 +144,27 @@ async def get_tenant(request: Request) -> JSONResponse:
     return JSONResponse(view(_found(directory, Tenant, tid)))
 
 
+async def get_grant(request: Request) -> JSONResponse:
+    """The models granted to a tenant (its projects and callers use no others)."""
+    _, directory, _ = _ctx(request)
+    tid = request.path_params["tenant"]
+    _check(request, "tenant.read", tid, resource=tid)
+    t = _found(directory, Tenant, tid)
+    return JSONResponse({"tenant_id": t.id, "models": list(t.granted_models or [])})
+
+
+async def set_grant(request: Request) -> JSONResponse:
+    """Replace a tenant's grant (platform admins): projects can only narrow it."""
+    _, directory, act = _ctx(request)
+    tid = request.path_params["tenant"]
+    _check(request, "tenant.grant", tid, resource=tid)
+    _found(directory, Tenant, tid)
+    body: GrantIn = parse(GrantIn, (await read_json(request))[1])
+    t = directory.grant_models(act, tid, body.models)
+    request.app.state.authz.forget("tenant", tid)
+    return JSONResponse({"tenant_id": t.id, "models": list(t.granted_models)})
+
+
 # --- projects -------------------------------------------------------------------------------
 async def create_project(request: Request) -> JSONResponse:
     _, directory, act = _ctx(request)
@@ -166,7 +193,9 @@ async def update_project(request: Request) -> JSONResponse:
     project = _owned(request, Project, "project", "project.update")
     _, directory, act = _ctx(request)
     body: ProjectPatch = parse(ProjectPatch, (await read_json(request))[1])
-    return JSONResponse(view(directory.update_project(act, project.id, body.allowed_models)))
+    updated = directory.update_project(act, project.id, body.allowed_models)
+    request.app.state.authz.forget("project", project.id)
+    return JSONResponse(view(updated))
 
 
 # --- principals and bindings ----------------------------------------------------------------

@@ -43,6 +43,8 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("POST", "/admin/v1/tenants", identity.create_tenant, "tenant.create"),
     RouteSpec("GET", "/admin/v1/tenants", identity.list_tenants, "tenant.list"),
     RouteSpec("GET", "/admin/v1/tenants/{tenant}", identity.get_tenant, "tenant.read"),
+    RouteSpec("GET", "/admin/v1/tenants/{tenant}/models", identity.get_grant, "tenant.read"),
+    RouteSpec("PUT", "/admin/v1/tenants/{tenant}/models", identity.set_grant, "tenant.grant"),
     RouteSpec("POST", "/admin/v1/tenants/{tenant}/projects", identity.create_project,
               "project.create"),
     RouteSpec("GET", "/admin/v1/tenants/{tenant}/projects", identity.list_projects,

@@ -58,7 +58,7 @@ def _client(config: Path | None, url: str | None, key: str | None):
 
     settings = load_settings(config)
     setup_logging("warning")
-    app = create_app(settings, engines={}, announce=lambda key, where: None)
+    app = create_app(settings, engines={}, make_admin_key=False)
     token = secrets.token_urlsafe(32)
     operator = replace(ANONYMOUS_ADMIN, key_id="cli", principal_id="cli", principal_name="cli")
     if app.state.auth.keys is not None:
@@ -119,7 +119,20 @@ def tenants_list(config: Config = None, url: Url = None, key: Key = None,
                  as_json: AsJson = False) -> None:
     """List tenants."""
     _run(lambda: _show(_call(config, url, key, "GET", "/tenants?limit=100"), as_json,
-                       ["id", "name", "created_at"], "tenants"))
+                       ["id", "name", "granted_models", "created_at"], "tenants"))
+
+
+@tenants_app.command("grant")
+def tenants_grant(tenant: str,
+                  model: Annotated[Optional[list[str]], typer.Option(
+                      help="A model the tenant may use (repeat); none: take every grant back."
+                  )] = None,
+                  config: Config = None, url: Url = None, key: Key = None,
+                  as_json: AsJson = False) -> None:
+    """Replace the models granted to a tenant (its projects can only narrow them)."""
+    _run(lambda: _show(_call(config, url, key, "PUT", f"/tenants/{tenant}/models",
+                             {"models": model or []}), as_json, ["tenant_id", "models"],
+                       "grant"))
 
 
 # --- projects ---------------------------------------------------------------------------------

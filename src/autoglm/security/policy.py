@@ -4,7 +4,7 @@ The policy (YAML; the built-in ``default_policy.yaml`` unless ``policy_file`` is
 maps role x action x scope, deny by default. ``authorize`` combines it with:
 - the binding's own scope (a tenant binding covers its tenant only);
 - the key's narrowing (actions, projects, models it was limited to);
-- the project's model list for inference.
+- the tenant's model grant and the project's model list (which narrows it) for inference.
 
 ``PolicyStore`` reloads the file when it changes: a valid file replaces the policy at
 once; an invalid one is refused with a log line and the last good policy stays; a
@@ -66,6 +66,7 @@ class Resource:
     project_id: str | None = None
     model: str | None = None
     allowed_models: tuple[str, ...] | None = None  # the project's list, for inference
+    granted_models: tuple[str, ...] | None = None  # the tenant's grant, for inference
 
 
 class Policy:
@@ -195,8 +196,9 @@ def authorize(policy: Policy, identity: Any, action: str, resource: Resource) ->
     models = getattr(identity, "models", None)
     if models is not None and resource.model is not None and resource.model not in models:
         return False
-    if action in MODEL_ACTIONS and resource.allowed_models is not None and (
-        resource.model not in resource.allowed_models
+    if action in MODEL_ACTIONS and (
+        (resource.allowed_models is not None and resource.model not in resource.allowed_models)
+        or (resource.granted_models is not None and resource.model not in resource.granted_models)
     ):
         return False
     for b in getattr(identity, "bindings", ()):

@@ -101,8 +101,33 @@ class Directory:
             self._commit(s, act, "tenant.create", t.id, t.id, {"name": name})
             return t
 
+    @staticmethod
+    def _within_grant(s: Session, tenant_id: str, models: list[str]) -> None:
+        """A project can only narrow its tenant's grant."""
+        tenant = s.get(Tenant, tenant_id)
+        outside = sorted(set(models) - set(tenant.granted_models or ()) if tenant else models)
+        if outside:
+            raise InvalidRequestError(
+                f"allowed_models: {', '.join(outside[:5])} not granted to this tenant; a "
+                "platform admin grants models with PUT /admin/v1/tenants/{tenant}/models",
+                param="allowed_models")
+
+    def grant_models(self, act: Act, tenant_id: str, models: list[str]) -> Tenant:
+        """Replace the tenant's grant. Projects keep their lists, but a model no longer
+        granted is refused to them at once (the grant bounds every use)."""
+        with self.db.session() as s:
+            t = s.get(Tenant, tenant_id)
+            if t is None:
+                raise NotFoundError(f"tenant '{tenant_id}' not found")
+            before = list(t.granted_models or [])
+            t.granted_models = sorted(set(models))
+            self._commit(s, act, "tenant.grant", t.id, t.id,
+                         {"granted_models": t.granted_models, "previous": before})
+            return t
+
     def create_project(self, act: Act, tenant_id: str, name: str, models: list[str]) -> Project:
         with self.db.session() as s:
+            self._within_grant(s, tenant_id, models)
             p = Project(id=new_id("prj"), tenant_id=tenant_id, name=name, allowed_models=models)
             s.add(p)
             self._commit(s, act, "project.create", p.id, tenant_id,
@@ -114,6 +139,7 @@ class Directory:
             p = s.get(Project, project_id)
             if p is None:
                 raise NotFoundError(f"project '{project_id}' not found")
+            self._within_grant(s, p.tenant_id, models)
             p.allowed_models = models
             self._commit(s, act, "project.update", p.id, p.tenant_id, {"allowed_models": models})
             return p

@@ -54,6 +54,8 @@ class Tenant(Base):
     __tablename__ = "tenants"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("ten"))
     name: Mapped[str] = mapped_column(String(128), unique=True)
+    # the models a platform admin granted: the tenant's projects and callers use no others
+    granted_models: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

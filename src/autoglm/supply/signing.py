@@ -3,9 +3,9 @@
 ``sign`` signs the model's files with an elliptic-curve private key (PEM); the signature
 (a signed statement of every file's digest, i.e. the model's manifest) is kept at
 ``data_dir/models/signatures/<name>.sig``. ``verify`` re-hashes the files and checks
-the signature with a public key. The registry records the signer's key fingerprint and
-the signature file's hash, which is what the load-time trust check looks at (fast); the
-full cryptographic check is ``autoglm model verify NAME --pubkey KEY``.
+the signature with a public key. At load, ``signed_digests`` checks the signature
+against every key in ``trusted_keys`` and hands back the per-file digests it vouches
+for; the trust check compares them with the hashes of the bytes actually loaded.
 """
 
 from __future__ import annotations
@@ -90,13 +90,29 @@ def verify_files(model: Path, sig: Path, public_key: Path, name: str) -> str:
     return fingerprint_public(public_key.read_bytes())
 
 
-def trusted_signer(registry: Registry, entry: dict[str, Any], trusted: set[str]) -> str | None:
-    """The load-time check: signed by a trusted key, and the signature file unchanged."""
-    signer = entry.get("signed_by")
-    if not signer or signer not in trusted:
+def signed_digests(sig: Path, trusted_keys: list[Path]) -> tuple[str, dict[str, str]] | None:
+    """The load-time check: the signature verified cryptographically with one of the
+    trusted public keys; the signer's fingerprint and the SHA-256 it vouches for, per file
+    (``"."`` for a one-file model). No file is re-hashed here: the caller compares these
+    digests with the ones it computed from the bytes it loads. None when no trusted key
+    verifies the signature."""
+    from model_signing._signing import sign_ec_key, sign_sigstore_pb
+
+    if not sig.is_file():
         return None
-    sig = signature_path(registry, entry["name"])
-    if not sig.is_file() or hashlib.sha256(sig.read_bytes()).hexdigest() != entry.get(
-            "signature_sha256"):
+    try:
+        signature = sign_sigstore_pb.Signature.read(sig)
+    except Exception:  # noqa: BLE001 - a damaged file is simply not a valid signature
         return None
-    return signer
+    for key in trusted_keys:
+        try:
+            manifest = sign_ec_key.Verifier(key).verify(signature)
+        except Exception:  # noqa: BLE001 - not this key (or not a valid signature)
+            continue
+        digests = {}
+        for rd in manifest.resource_descriptors():
+            if rd.digest.algorithm != "sha256":
+                return None
+            digests[str(rd.identifier)] = rd.digest.digest_value.hex()
+        return fingerprint_public(key.read_bytes()), digests
+    return None

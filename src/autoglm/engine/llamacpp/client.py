@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 from autoglm.engine import ipc
@@ -26,7 +27,7 @@ from autoglm.engine.base import (
     Started,
 )
 from autoglm.engine.supervisor import ProcessSupervisor, python_argv
-from autoglm.errors import EngineUnavailableError, error_from_wire
+from autoglm.errors import EngineError, EngineUnavailableError, error_from_wire
 from autoglm.pipeline.request import InferenceRequest
 from autoglm.pipeline.schemas import ChatCompletionRequest, CompletionRequest, parse
 from autoglm.settings import Settings
@@ -56,6 +57,7 @@ class LlamaCppEngine:
             "--n-threads", str(settings.n_threads),
             "--default-max-tokens", str(settings.default_max_tokens),
             "--log-level", settings.log_level,
+            *self._integrity_args(verification),
         )
         self.supervisor: ProcessSupervisor | AttachedProcess
         if attached:
@@ -70,13 +72,40 @@ class LlamaCppEngine:
             )
         self.last_hello: dict | None = None
 
+    @staticmethod
+    def _integrity_args(verification: dict | None) -> list[str]:
+        """The engine hashes the file it loads, through the same open file, when the trust
+        check vouched for a hash (``model_trust`` verified or signed)."""
+        load = (verification or {}).get("load") or {}
+        if not load.get("sha256"):
+            return []
+        return ["--sha256", load["sha256"], "--size", str(load["bytes"])]
+
+    def _record_integrity(self, hello: dict) -> None:
+        """What the engine checked at its last load, and when: /readyz and /v1/models."""
+        found = hello.get("integrity")
+        state = self.model.verification
+        if not found or state is None or state.get("load", {}).get("checked_at") == \
+                found.get("checked_at"):
+            return
+        self.model = replace(self.model, verification={**state, "load": found})
+
     def attach_spec(self) -> dict:
         """What a gateway worker needs to reach this engine (``factory.attach_engines``)."""
         return {"kind": "llamacpp", "model_id": self.model.id, "model_path": str(self.model_path),
                 "socket": str(self.socket_path), "verification": self.model.verification}
 
     async def start(self) -> None:
-        await self.supervisor.start()
+        failed = Path(str(self.socket_path) + ".failed")  # worker.failed_path
+        failed.unlink(missing_ok=True)
+        try:
+            await self.supervisor.start()
+        except RuntimeError as exc:
+            try:
+                reason = failed.read_text(encoding="utf-8")
+            except OSError:
+                raise exc from None
+            raise EngineError(f"model '{self.model.id}': {reason}") from None
 
     async def close(self) -> None:
         await self.supervisor.close()
@@ -111,6 +140,7 @@ class LlamaCppEngine:
             self.last_hello = await self._hello(2.0)
         except (OSError, ConnectionError, asyncio.TimeoutError, ValueError):
             return None
+        self._record_integrity(self.last_hello)
         pid = self.last_hello.get("pid")
         return pid if isinstance(pid, int) else -1
 

@@ -39,21 +39,36 @@ def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 QUIET_LOG = llama_cpp.llama_log_callback(_quiet_log)
 
 
+def load_weights(source: str, *, mmap: bool = True) -> object:
+    """A llama.cpp model loaded from ``source`` (a path, or ``/proc/self/fd/N``).
+    ``mmap=False`` reads the weights into memory, so later writes to the file cannot
+    reach them (what the load-time integrity check needs)."""
+    llama_cpp.llama_log_set(QUIET_LOG, ctypes.c_void_p(0))
+    llama_cpp.llama_backend_init()
+    mparams = llama_cpp.llama_model_default_params()
+    mparams.n_gpu_layers = 0
+    mparams.use_mmap = mmap
+    model = llama_cpp.llama_model_load_from_file(source.encode(), mparams)
+    if not model:
+        raise ConfigError(f"llama.cpp could not load {source}: not a valid GGUF model?")
+    return model
+
+
+def free_weights(model: object) -> None:
+    llama_cpp.llama_model_free(model)
+
+
 class LlamaModel:
     """Model weights, vocabulary, and one multi-sequence context."""
 
-    def __init__(self, path: Path, config: ContextConfig) -> None:
+    def __init__(self, path: Path, config: ContextConfig, *, weights: object = None) -> None:
+        """``weights``: weights already loaded from ``path`` (``load_weights``), e.g. by
+        the load-time integrity check; otherwise they are loaded here."""
         if not path.is_file():
             raise ConfigError(f"model file not found: {path}")
-        llama_cpp.llama_log_set(QUIET_LOG, ctypes.c_void_p(0))
-        llama_cpp.llama_backend_init()
         self.path = path
         self.config = config
-        mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = 0
-        model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
-        if not model:
-            raise ConfigError(f"llama.cpp could not load {path}: not a valid GGUF model?")
+        model = weights if weights is not None else load_weights(str(path))
         self.model = model
         self.vocab = llama_cpp.llama_model_get_vocab(model)
         cparams = llama_cpp.llama_context_default_params()

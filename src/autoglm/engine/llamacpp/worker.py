@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from autoglm.engine import ipc
-from autoglm.engine.llamacpp.model import ContextConfig, LlamaModel
+from autoglm.engine.llamacpp.model import ContextConfig, LlamaModel, free_weights, load_weights
 from autoglm.engine.llamacpp.prompt import PromptBuilder, check_length
 from autoglm.engine.llamacpp.sampling import Sampler, SamplingParams
 from autoglm.engine.llamacpp.scheduler import Job, Scheduler
@@ -27,13 +27,16 @@ from autoglm.engine.llamacpp.sink import SocketSink
 from autoglm.engine.llamacpp.text import TextStream
 from autoglm.errors import AutoGLMError, ContextLengthError, EngineError, InvalidRequestError
 from autoglm.logs import setup_logging
+from autoglm.supply.integrity import load_verified
 
 log = logging.getLogger("autoglm.engine")
 
 
 class EngineServer:
-    def __init__(self, model: LlamaModel, model_id: str, default_max_tokens: int) -> None:
+    def __init__(self, model: LlamaModel, model_id: str, default_max_tokens: int,
+                 integrity: dict[str, Any] | None = None) -> None:
         self.model = model
+        self.integrity = integrity
         self.model_id = model_id
         self.default_max_tokens = default_max_tokens
         self.prompts = PromptBuilder(model)
@@ -58,6 +61,7 @@ class EngineServer:
             "ctx_per_slot": cfg.ctx_per_slot,
             "n_ctx_train": self.model.n_ctx_train,
             "path": str(self.model.path),
+            "integrity": self.integrity,
         }
 
     def _bound(self, texts: list[Any], param: str) -> None:
@@ -148,8 +152,17 @@ async def _watch_parent(parent: int) -> None:
 
 async def serve(args: argparse.Namespace) -> None:
     config = ContextConfig(args.slots, args.ctx_per_slot, args.n_batch, args.n_threads)
-    model = LlamaModel(Path(args.model_path), config)
-    server = EngineServer(model, args.model_id, args.default_max_tokens)
+    path = Path(args.model_path)
+    integrity = None
+    if args.sha256:  # the trust policy asked: the loaded bytes are the hashed bytes
+        weights, integrity = load_verified(
+            path, args.sha256, args.size, lambda src: load_weights(src, mmap=False),
+            free_weights)
+        model = LlamaModel(path, config, weights=weights)
+        log.info("model verified at load", extra={"model_id": args.model_id, **integrity})
+    else:
+        model = LlamaModel(path, config)
+    server = EngineServer(model, args.model_id, args.default_max_tokens, integrity)
     server.scheduler.start()
     # The decode thread warms the weights up first (on that thread: llama.cpp's CPU
     # thread pool runs 40% slower if another thread decoded first); ready comes after.
@@ -181,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-batch", type=int, required=True)
     p.add_argument("--n-threads", type=int, default=0)
     p.add_argument("--default-max-tokens", type=int, required=True)
+    p.add_argument("--sha256", default="", help="refuse the model unless its bytes hash to this")
+    p.add_argument("--size", type=int, default=None)
     p.add_argument("--parent-pid", type=int, default=os.getppid())
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
@@ -189,7 +204,16 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(serve(args))
     except AutoGLMError as exc:
         log.error("engine failed to start: %s", exc.message)
+        try:  # the reason, for the gateway to name (its socket directory is private)
+            failed_path(args.socket).write_text(exc.message[:2000], encoding="utf-8")
+        except OSError:
+            pass
         raise SystemExit(78) from None
+
+
+def failed_path(socket: str | Path) -> Path:
+    """Where an engine that could not start leaves the reason."""
+    return Path(str(socket) + ".failed")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,116 @@
+"""Load-time integrity: the bytes a model is loaded from are the bytes that were hashed.
+
+A model file is opened once (``PinnedFile``). Its SHA-256 is computed by streaming from
+that open file, which also warms the page cache for the load that follows; the loader
+then reads the same open file through ``/proc/self/fd/N``, so a file renamed or replaced
+at its path after the check is never the one loaded. A write into the file itself (same
+inode) changes its ``ctime``, which no user can set back (so does unlinking or renaming
+over it): the file's identity and timestamps are compared after the load, and any change
+refuses the model; the next start checks whatever the path names then. Hashing comes
+before the loader parses a single byte, so a tampered file never reaches llama.cpp's
+parser.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from autoglm.errors import IntegrityError
+
+CHUNK = 1 << 20
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What changes when a file is written or replaced."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, fd: int) -> Stamp:
+        st = os.fstat(fd)
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class PinnedFile:
+    """A file opened once, hashed and loaded through that one open file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise IntegrityError(f"cannot open {path}: {exc.strerror}") from None
+        self.before = Stamp.of(self.fd)
+
+    @property
+    def load_path(self) -> str:
+        """A path naming this open file (Linux); elsewhere the path itself, so only the
+        stamp comparison guards it."""
+        proc = f"/proc/self/fd/{self.fd}"
+        return proc if os.path.exists(proc) else str(self.path)
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        offset = 0
+        while n := os.preadv(self.fd, [buf], offset):
+            h.update(view[:n])
+            offset += n
+        return h.hexdigest()
+
+    def unchanged(self) -> bool:
+        return Stamp.of(self.fd) == self.before
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def load_verified(path: Path, sha256: str, size: int | None,
+                  load: Callable[[str], T], unload: Callable[[T], None]) -> tuple[T, dict[str, Any]]:
+    """Hash ``path``, then ``load`` it through the same open file; refuse (IntegrityError)
+    when the bytes differ from ``sha256`` or the file changed between the hash and the
+    end of the load. Returns what ``load`` gave and a record of the check."""
+    pinned = PinnedFile(path)
+    try:
+        if size is not None and pinned.before.size != size:
+            raise IntegrityError(
+                f"refusing {path}: it is {pinned.before.size} bytes, the verified file has "
+                f"{size} (the file was changed)")
+        started = time.perf_counter()
+        digest = pinned.sha256()
+        hashed = time.perf_counter()
+        if digest != sha256:
+            raise IntegrityError(
+                f"refusing {path}: its SHA-256 is {digest[:16]}…, the verified file's is "
+                f"{sha256[:16]}… (the file was changed); run `autoglm model verify`")
+        loaded = load(pinned.load_path)
+        if not pinned.unchanged():
+            unload(loaded)
+            raise IntegrityError(f"refusing {path}: the file was written or replaced while it "
+                                 "was loaded")
+        done = time.perf_counter()
+        return loaded, {
+            "sha256": digest,
+            "bytes": pinned.before.size,
+            "hash_ms": round((hashed - started) * 1000, 1),
+            "load_ms": round((done - hashed) * 1000, 1),
+            "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+    finally:
+        pinned.close()

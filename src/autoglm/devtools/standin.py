@@ -8,7 +8,9 @@ the request says ``"stream": true``), tells who served a request (``X-Served-By`
 ``"rich"`` answers carry what an OpenAI server may send beyond text: tool calls,
 logprobs, a refusal field, usage details and fields no client knows. Streams end with a
 usage chunk when the request asks for one (``stream_options.include_usage``), as vLLM's
-do. ``GET /_stats`` counts requests.
+do. ``GET /_stats`` counts requests. With an API key (``--api-key`` or ``VLLM_API_KEY``),
+paths under ``/v1`` need ``Authorization: Bearer KEY`` and answer 401 without it, as
+``vllm serve`` does.
 Plain asyncio with keep-alive, so it is much faster than the gateway it stands behind.
 """
 
@@ -23,7 +25,8 @@ import orjson
 
 from autoglm.devtools.serving import serve_until_signalled
 
-_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 500: b"Internal Server Error"}
+_REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
+            500: b"Internal Server Error"}
 
 
 class Standin:
@@ -38,6 +41,7 @@ class Standin:
         self.last_body: bytes = b""
         self.in_flight = 0
         self.max_in_flight = 0
+        self.api_key: str | None = None
         self._json = self._make_json()
 
     def _make_json(self) -> bytes:
@@ -125,13 +129,20 @@ async def handle(st: Standin, reader: asyncio.StreamReader, writer: asyncio.Stre
             lines = head.decode("latin-1").split("\r\n")
             method, path, _ = lines[0].split(" ", 2)
             length = 0
+            auth = None
             for line in lines[1:]:
                 lower = line[:15].lower()
                 if lower == "content-length:":
                     length = int(line[15:].strip())
-                elif lower.startswith("authorization:") and method_is_post(lines[0]):
-                    st.last_authorization = line[14:].strip()
+                elif lower.startswith("authorization:"):
+                    auth = line[14:].strip()
+                    if method_is_post(lines[0]):
+                        st.last_authorization = auth
             body = await reader.readexactly(length) if length else b""
+            if st.api_key and path.startswith("/v1") and auth != f"Bearer {st.api_key}":
+                data = b'{"error":"Unauthorized"}'
+                writer.write(_head(401, {"content-type": "application/json"}, len(data)) + data)
+                continue
             if not await respond(st, method, path, body, writer):
                 return
     except (asyncio.IncompleteReadError, ConnectionError, ValueError):
@@ -230,6 +241,7 @@ async def _complete(st: Standin, body: bytes, writer: asyncio.StreamWriter,
 async def main_async(args: argparse.Namespace) -> None:
     st = Standin(args.name, args.chunks, args.delay_ms, args.chunk_delay_ms)
     st.served_model_name = args.served_model_name
+    st.api_key = args.api_key or os.environ.get("VLLM_API_KEY") or None
     server = await asyncio.start_server(lambda r, w: handle(st, r, w), args.host, args.port,
                                         backlog=1024)
     await serve_until_signalled(
@@ -245,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--delay-ms", type=float, default=0.0, help="wait before answering")
     p.add_argument("--chunk-delay-ms", type=float, default=0.0, help="wait between chunks")
     p.add_argument("--served-model-name", default=None, help="as vllm serve's flag")
+    p.add_argument("--api-key", default=None, help="as vllm serve's flag (or VLLM_API_KEY)")
     args, _unknown = p.parse_known_args(argv)  # `vllm serve MODEL ...`: the rest is ignored
     try:
         import uvloop

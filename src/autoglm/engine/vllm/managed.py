@@ -2,9 +2,11 @@
 
 Starts one ``vllm serve`` child per GPU (or per group of ``vllm_tensor_parallel`` GPUs),
 placed on the GPUs with the most free memory through ``CUDA_VISIBLE_DEVICES``; waits
-until each answers ``/health``; restarts a crashed one with backoff (the same supervisor
-as the embedded engine); stops them all on shutdown. In front of them is the ordinary
-upstream router, so requests only go to children that are up.
+until each answers ``/health`` on a socket that it is proven to own (a port that another
+process took between pick and start is detected, logged with its holder's pid, and the
+child moved to a new port: ``ports.py``); restarts a crashed one with backoff (the same
+supervisor as the embedded engine); stops them all on shutdown. In front of them is the
+ordinary upstream router, so requests only go to children that are up.
 
 vLLM is an optional extra (``pip install 'autoglm[vllm]'``). Without it, or without a
 GPU, ``plan`` says so; the app factory then falls back to llama.cpp for a GGUF model
@@ -19,7 +21,7 @@ import os
 import re
 import secrets
 import shutil
-import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,18 +29,32 @@ from autoglm.engine.base import EngineHealth
 from autoglm.engine.supervisor import ProcessSupervisor
 from autoglm.engine.upstream.client import UpstreamEngine
 from autoglm.engine.vllm.gpus import Gpu, discover, place
+from autoglm.engine.vllm.ports import (
+    ListenerCheck,
+    PortTakenError,
+    free_port,
+    health,
+    key_proof,
+)
 from autoglm.errors import ConfigError
 from autoglm.settings import InstanceSpec, ModelSpec, Settings
 
 log = logging.getLogger("autoglm.vllm")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Child:
     name: str
-    port: int
+    port: int  # moves when another process holds it (engine/vllm/ports.py)
     gpus: list[Gpu]
     api_key: str  # random, per child: other local processes cannot use it
+
+
+def child_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/v1"
+
+
+PORT_ATTEMPTS = 3  # first start: ports tried per child before giving up
 
 
 def child_env(child: Child) -> dict[str, str]:
@@ -54,10 +70,19 @@ def child_env(child: Child) -> dict[str, str]:
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|CREDENTIAL|PEPPER", re.I)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def running(sup: ProcessSupervisor) -> bool:
+    """The child has not exited, as the kernel sees it now. The supervisor learns of an exit
+    a moment later, and the port that the exit freed may be taken by then: no request may
+    go there meanwhile. One system call (the exit is looked at, not collected)."""
+    pid = sup.pid
+    if pid is None:
+        return False
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:  # collected already: exited
+        return False
+    except (AttributeError, OSError):  # no waitid here: the supervisor's word is all there is
+        return True
 
 
 def plan(settings: Settings) -> list[list[Gpu]]:
@@ -81,56 +106,122 @@ def plan(settings: Settings) -> list[list[Gpu]]:
 
 class ManagedVllmEngine(UpstreamEngine):
     def __init__(self, settings: Settings, model_path: Path, model_id: str,
-                 groups: list[list[Gpu]]) -> None:
-        self.children = [Child(f"vllm-{i}", _free_port(), g, secrets.token_urlsafe(32))
-                         for i, g in enumerate(groups)]
-        spec = ModelSpec(
-            id=model_id, engine="vllm",
-            instances=[InstanceSpec(url=f"http://127.0.0.1:{c.port}/v1", name=c.name,
+                 groups: list[list[Gpu]], *, pick_port: Callable[[], int] = free_port) -> None:
+        self._pick_port = pick_port
+        self._model_path = model_path
+        self._model_id = model_id
+        self.children: list[Child] = []
+        for i, g in enumerate(groups):
+            port = self._new_port({c.port for c in self.children})
+            self.children.append(Child(f"vllm-{i}", port, g, secrets.token_urlsafe(32)))
+        super().__init__(settings, self._spec())
+        self.supervisors = {c.name: self._supervisor(c) for c in self.children}
+        for inst in self.router.instances:  # no traffic to a child that is not up
+            sup = self.supervisors[inst.name]
+            inst.gate = lambda sup=sup: sup.state == "ready" and running(sup)
+
+    def _spec(self) -> ModelSpec:
+        return ModelSpec(
+            id=self._model_id, engine="vllm",
+            instances=[InstanceSpec(url=child_url(c.port), name=c.name,
                                     api_key=c.api_key)  # a child answers only us
                        for c in self.children],
             max_fails=1, fail_timeout_s=2.0,
         )
-        super().__init__(settings, spec)
-        self.supervisors = {c.name: self._supervisor(settings, model_path, model_id, c)
-                            for c in self.children}
-        for inst in self.router.instances:  # no traffic to a child that is not up
-            sup = self.supervisors[inst.name]
-            inst.gate = lambda sup=sup: sup.state == "ready"
 
-    def _supervisor(self, settings: Settings, model_path: Path, model_id: str,
-                    child: Child) -> ProcessSupervisor:
-        argv = [
-            settings.vllm_executable, "serve", str(model_path),
+    def _new_port(self, exclude: set[int]) -> int:
+        for _ in range(100):
+            port = self._pick_port()
+            if port not in exclude:
+                return port
+        raise ConfigError("no free TCP port on 127.0.0.1 for a vLLM child; "
+                          "free some ports (ss -ltn shows who holds them)")
+
+    def _argv(self, child: Child) -> list[str]:
+        s = self.settings
+        return [
+            s.vllm_executable, "serve", str(self._model_path),
             "--host", "127.0.0.1", "--port", str(child.port),
-            "--served-model-name", model_id,
+            "--served-model-name", self._model_id,
             "--tensor-parallel-size", str(len(child.gpus)),
-            *settings.vllm_extra_args,
+            *s.vllm_extra_args,
         ]
-        env = child_env(child)
+
+    def _supervisor(self, child: Child) -> ProcessSupervisor:
+        s = self.settings
+        return ProcessSupervisor(
+            f"vllm:{self._model_id}:{child.name}", self._argv(child), self._probe(child),
+            start_timeout_s=s.vllm_start_timeout_s,
+            backoff_min_s=s.engine_restart_backoff_min_s,
+            backoff_max_s=s.engine_restart_backoff_max_s,
+            env=child_env(child),
+        )
+
+    def _probe(self, child: Child) -> Callable[[], Awaitable[bool]]:
+        """Ready once the child answers /health and is proven to be the one listening
+        (engine/vllm/ports.py); a port held by anyone else raises PortTakenError."""
+        check = ListenerCheck()
 
         async def probe() -> bool:
-            return await _health(child.port)
+            pid = self.supervisors[child.name].pid
+            if pid is None:
+                return False
+            port = child.port
+            found = await asyncio.to_thread(check, port, pid)
+            if found.state == "foreign":
+                raise self._port_taken(child, found.pid)
+            if found.state == "unknown":  # no /proc: the key proves it (ports.py)
+                proof = await key_proof(port, child.api_key)
+                if proof == "foreign":
+                    raise self._port_taken(child, None)
+                return proof == "ours" and await health(port)
+            if found.state == "none" or not await health(port):
+                return False
+            again = await asyncio.to_thread(check, port, pid)  # nobody joined meanwhile
+            if again.state == "foreign":
+                raise self._port_taken(child, again.pid)
+            return again.state == "ours"
 
-        return ProcessSupervisor(
-            f"vllm:{model_id}:{child.name}", argv, probe,
-            start_timeout_s=settings.vllm_start_timeout_s,
-            backoff_min_s=settings.engine_restart_backoff_min_s,
-            backoff_max_s=settings.engine_restart_backoff_max_s,
-            env=env,
-        )
+        return probe
+
+    def _port_taken(self, child: Child, pid: int | None) -> PortTakenError:
+        """Log it, mark the instance, and move the child to a new port for its next start."""
+        err = PortTakenError(child.name, child.port, pid)
+        old = child.port
+        child.port = self._new_port({c.port for c in self.children})
+        self.supervisors[child.name].argv = self._argv(child)
+        self.spec = self._spec()  # what gateway workers are given
+        inst = self.router.find(child.name)
+        if inst is not None:
+            inst.url = child_url(child.port)
+            inst.last_error = f"port {old} was held by process {pid or 'unknown'}"
+        log.error(f"{err.message}; its next start uses port {child.port}",
+                  extra={"engine": self._model_id, "instance": child.name, "port": old,
+                         "foreign_pid": pid, "new_port": child.port})
+        return err
 
     async def start(self) -> None:
         log.info("starting vLLM", extra={"model": self.model.id, "children": [
             {"name": c.name, "port": c.port, "gpus": [g.index for g in c.gpus]}
             for c in self.children]})
         try:
-            await asyncio.gather(*(s.start() for s in self.supervisors.values()))
+            await asyncio.gather(*(self._start_child(c) for c in self.children))
         except BaseException:
             await asyncio.gather(*(s.close() for s in self.supervisors.values()),
                                  return_exceptions=True)
             raise
         await super().start()
+
+    async def _start_child(self, child: Child) -> None:
+        sup = self.supervisors[child.name]
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                await sup.start()
+                return
+            except PortTakenError:
+                await sup.close()  # stop the child that could not have the port
+                if attempt == PORT_ATTEMPTS:
+                    raise
 
     async def close(self) -> None:
         await super().close()
@@ -161,19 +252,3 @@ class ManagedVllmEngine(UpstreamEngine):
             s.state == "starting" for s in self.supervisors.values()) else "down")
         return h
 
-
-async def _health(port: int) -> bool:
-    """GET /health on a child; True on 200."""
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2)
-    except (OSError, asyncio.TimeoutError):
-        return False
-    try:
-        writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), 2)
-        return line.split(b" ")[1:2] == [b"200"]
-    except (OSError, asyncio.TimeoutError, IndexError):
-        return False
-    finally:
-        writer.close()

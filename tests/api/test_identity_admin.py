@@ -429,3 +429,48 @@ async def test_a_tenant_uses_only_the_models_granted_to_it(setup) -> None:
     bad = await http.put(f"/admin/v1/tenants/{tid}/models", json={"models": "all"},
                          headers=client.auth)
     assert bad.status_code == 400
+
+
+async def test_no_database_call_runs_on_the_event_loop(setup) -> None:
+    """Every admin route, allowed and refused (a refusal writes an audit row), and the /v1
+    routes: each SQL statement runs on a worker thread, never on the loop's thread."""
+    import threading
+
+    from sqlalchemy import event
+
+    client, ids, keys = setup["client"], setup["ids"], setup["keys"]
+    loop_thread = threading.get_ident()
+    on_loop: list[str] = []
+    seen: list[str] = []
+
+    def watch(conn, cursor, statement, *args) -> None:  # noqa: ANN001
+        seen.append(statement)
+        if threading.get_ident() == loop_thread:
+            on_loop.append(statement.split("\n")[0][:80])
+
+    engine = client.app.state.db.engine
+    client.app.state.authz._cache.clear()  # project and tenant lookups go to the database
+    event.listen(engine, "before_cursor_execute", watch)
+    try:
+        for method, path, _, action, *_ in ROUTES:
+            if not path.startswith(("/admin/", "/v1/")) or "{name}" in path:
+                continue
+            prn = (await client.post(f"/admin/v1/tenants/{ids['bank']}/principals",
+                                     {"name": f"loop-{len(seen)}"})).json()
+            bnd = (await client.post(f"/admin/v1/principals/{prn['id']}/bindings",
+                                     {"role": "guest", "project_id": ids["bank/main"]})).json()
+            key = (await client.post(f"/admin/v1/principals/{prn['id']}/keys", {})).json()
+            url = (path.replace("{tenant}", ids["bank"]).replace("{project}", ids["bank/main"])
+                   .replace("{principal}", prn["id"]).replace("{binding}", bnd["id"])
+                   .replace("{key}", key["id"]).replace("{model:path}", MODEL)
+                   .replace("{model}", MODEL))
+            body = CHAT if path.endswith("chat/completions") else (
+                {"model": MODEL, "prompt": "hi", "max_tokens": 2} if path.endswith("completions")
+                else {})
+            for caller in (client.auth, bearer(keys["bank/guest"])):
+                await client.http.request(method, url, headers=caller,
+                                          json=body if method != "GET" else None)
+    finally:
+        event.remove(engine, "before_cursor_execute", watch)
+    assert len(seen) > 50  # the routes did reach the database
+    assert on_loop == []

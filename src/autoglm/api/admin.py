@@ -6,11 +6,13 @@
 - ``POST /admin/v1/models/{model}/instances/{name}/resume``   take requests again
 - ``DELETE /admin/v1/models/{model}/instances/{name}``        drain, then forget when idle
 
-Who may call them is the policy's decision (``engine.read`` / ``engine.write``).
+Who may call them is the policy's decision (``engine.read`` / ``engine.write``); the
+policy check and the audit record run off the event loop, the pool changes on it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from starlette.requests import Request
@@ -44,15 +46,17 @@ def _engine_view(model: str, engine: Any) -> dict[str, Any]:
 
 
 async def list_engines(request: Request) -> JSONResponse:
-    check(request, "engine.read", None, resource="engines")
+    await asyncio.to_thread(check, request, "engine.read", None, resource="engines")
     engines = request.app.state.engines
     return JSONResponse({"object": "list",
                          "data": [_engine_view(m, e) for m, e in engines.items()]})
 
 
-def _pool(request: Request) -> UpstreamEngine:
+async def _pool(request: Request) -> UpstreamEngine:
+    """The model's pool, once the policy allows the change (asked off the event loop: a
+    refusal is written to the audit trail)."""
     model = request.path_params["model"]
-    check(request, "engine.write", None, resource=model)
+    await asyncio.to_thread(check, request, "engine.write", None, resource=model)
     engine = request.app.state.engines.get(model)
     if engine is None:
         raise ModelNotFoundError(f"The model '{model}' does not exist.", param="model")
@@ -63,6 +67,11 @@ def _pool(request: Request) -> UpstreamEngine:
     return engine
 
 
+async def _record(request: Request, change: str, engine: UpstreamEngine, inst: Instance) -> None:
+    await asyncio.to_thread(record, request, f"engine.instance.{change}", engine.model.id,
+                            {"instance": inst.name})
+
+
 def _instance(engine: UpstreamEngine, name: str) -> Instance:
     inst = engine.router.find(name)
     if inst is None:
@@ -71,37 +80,37 @@ def _instance(engine: UpstreamEngine, name: str) -> Instance:
 
 
 async def add_instance(request: Request) -> JSONResponse:
-    engine = _pool(request)
+    engine = await _pool(request)
     spec: InstanceSpec = parse(InstanceSpec, (await read_json(request))[1])
     try:
         inst = engine.router.add(spec)
     except ValueError as exc:
         raise InvalidRequestError(str(exc), param="name") from None
-    record(request, "engine.instance.add", engine.model.id, {"instance": inst.name})
+    await _record(request, "add", engine, inst)
     return JSONResponse(inst.describe(engine.router.clock(), with_url=True), status_code=201)
 
 
 async def drain_instance(request: Request) -> JSONResponse:
-    engine = _pool(request)
+    engine = await _pool(request)
     inst = _instance(engine, request.path_params["name"])
     engine.router.drain(inst)
-    record(request, "engine.instance.drain", engine.model.id, {"instance": inst.name})
+    await _record(request, "drain", engine, inst)
     return JSONResponse(inst.describe(engine.router.clock(), with_url=True))
 
 
 async def resume_instance(request: Request) -> JSONResponse:
-    engine = _pool(request)
+    engine = await _pool(request)
     inst = _instance(engine, request.path_params["name"])
     engine.router.resume(inst)
-    record(request, "engine.instance.resume", engine.model.id, {"instance": inst.name})
+    await _record(request, "resume", engine, inst)
     return JSONResponse(inst.describe(engine.router.clock(), with_url=True))
 
 
 async def remove_instance(request: Request) -> JSONResponse:
-    engine = _pool(request)
+    engine = await _pool(request)
     inst = _instance(engine, request.path_params["name"])
     engine.router.remove(inst)
-    record(request, "engine.instance.remove", engine.model.id, {"instance": inst.name})
+    await _record(request, "remove", engine, inst)
     view = inst.describe(engine.router.clock(), with_url=True)
     view["removed"] = inst not in engine.router.instances
     return JSONResponse(view, status_code=200 if view["removed"] else 202)

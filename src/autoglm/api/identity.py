@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 
 from autoglm.api.admin_authz import check as _check
 from autoglm.api.admin_authz import ctx as _ctx
-from autoglm.api.body import read_json
+from autoglm.api.body import blocking, json_body
 from autoglm.pipeline.schemas import parse
 from autoglm.errors import InvalidRequestError, NotFoundError
 from autoglm.security.policy import Resource, parse_policy
@@ -117,14 +117,16 @@ def _found(directory: Directory, model: type, id_: str) -> Any:
 
 
 # --- tenants --------------------------------------------------------------------------------
-async def create_tenant(request: Request) -> JSONResponse:
+@blocking
+def create_tenant(request: Request, body: bytes) -> JSONResponse:
     _check(request, "tenant.create", None, resource="tenants")
-    body: TenantIn = parse(TenantIn, (await read_json(request))[1])
+    args: TenantIn = parse(TenantIn, json_body(body))
     _, directory, act = _ctx(request)
-    return JSONResponse(view(directory.create_tenant(act, body.name)), status_code=201)
+    return JSONResponse(view(directory.create_tenant(act, args.name)), status_code=201)
 
 
-async def list_tenants(request: Request) -> JSONResponse:
+@blocking
+def list_tenants(request: Request, body: bytes) -> JSONResponse:
     identity, directory, _ = _ctx(request)
     limit, after = _page_args(request)
     authz = request.app.state.authz
@@ -137,14 +139,16 @@ async def list_tenants(request: Request) -> JSONResponse:
     return _page(rows, False)
 
 
-async def get_tenant(request: Request) -> JSONResponse:
+@blocking
+def get_tenant(request: Request, body: bytes) -> JSONResponse:
     _, directory, _ = _ctx(request)
     tid = request.path_params["tenant"]
     _check(request, "tenant.read", tid, resource=tid)
     return JSONResponse(view(_found(directory, Tenant, tid)))
 
 
-async def get_grant(request: Request) -> JSONResponse:
+@blocking
+def get_grant(request: Request, body: bytes) -> JSONResponse:
     """The models granted to a tenant (its projects and callers use no others)."""
     _, directory, _ = _ctx(request)
     tid = request.path_params["tenant"]
@@ -153,30 +157,33 @@ async def get_grant(request: Request) -> JSONResponse:
     return JSONResponse({"tenant_id": t.id, "models": list(t.granted_models or [])})
 
 
-async def set_grant(request: Request) -> JSONResponse:
+@blocking
+def set_grant(request: Request, body: bytes) -> JSONResponse:
     """Replace a tenant's grant (platform admins): projects can only narrow it."""
     _, directory, act = _ctx(request)
     tid = request.path_params["tenant"]
     _check(request, "tenant.grant", tid, resource=tid)
     _found(directory, Tenant, tid)
-    body: GrantIn = parse(GrantIn, (await read_json(request))[1])
-    t = directory.grant_models(act, tid, body.models)
+    args: GrantIn = parse(GrantIn, json_body(body))
+    t = directory.grant_models(act, tid, args.models)
     request.app.state.authz.forget("tenant", tid)
     return JSONResponse({"tenant_id": t.id, "models": list(t.granted_models)})
 
 
 # --- projects -------------------------------------------------------------------------------
-async def create_project(request: Request) -> JSONResponse:
+@blocking
+def create_project(request: Request, body: bytes) -> JSONResponse:
     _, directory, act = _ctx(request)
     tid = request.path_params["tenant"]
     _check(request, "project.create", tid, resource=tid)
     _found(directory, Tenant, tid)
-    body: ProjectIn = parse(ProjectIn, (await read_json(request))[1])
-    project = directory.create_project(act, tid, body.name, body.allowed_models)
+    args: ProjectIn = parse(ProjectIn, json_body(body))
+    project = directory.create_project(act, tid, args.name, args.allowed_models)
     return JSONResponse(view(project), status_code=201)
 
 
-async def list_projects(request: Request) -> JSONResponse:
+@blocking
+def list_projects(request: Request, body: bytes) -> JSONResponse:
     _, directory, _ = _ctx(request)
     tid = request.path_params["tenant"]
     _check(request, "project.list", tid, resource=tid)
@@ -184,32 +191,36 @@ async def list_projects(request: Request) -> JSONResponse:
     return _page(*directory.page(Project, limit=limit, after=after, tenant_id=tid))
 
 
-async def get_project(request: Request) -> JSONResponse:
+@blocking
+def get_project(request: Request, body: bytes) -> JSONResponse:
     """One project."""
     return JSONResponse(view(_owned(request, Project, "project", "project.read")))
 
 
-async def update_project(request: Request) -> JSONResponse:
+@blocking
+def update_project(request: Request, body: bytes) -> JSONResponse:
     project = _owned(request, Project, "project", "project.update")
     _, directory, act = _ctx(request)
-    body: ProjectPatch = parse(ProjectPatch, (await read_json(request))[1])
-    updated = directory.update_project(act, project.id, body.allowed_models)
+    args: ProjectPatch = parse(ProjectPatch, json_body(body))
+    updated = directory.update_project(act, project.id, args.allowed_models)
     request.app.state.authz.forget("project", project.id)
     return JSONResponse(view(updated))
 
 
 # --- principals and bindings ----------------------------------------------------------------
-async def create_principal(request: Request) -> JSONResponse:
+@blocking
+def create_principal(request: Request, body: bytes) -> JSONResponse:
     _, directory, act = _ctx(request)
     tid = request.path_params["tenant"]
     _check(request, "principal.create", tid, resource=tid)
     _found(directory, Tenant, tid)
-    body: PrincipalIn = parse(PrincipalIn, (await read_json(request))[1])
-    return JSONResponse(view(directory.create_principal(act, tid, body.name, body.kind)),
+    args: PrincipalIn = parse(PrincipalIn, json_body(body))
+    return JSONResponse(view(directory.create_principal(act, tid, args.name, args.kind)),
                         status_code=201)
 
 
-async def list_principals(request: Request) -> JSONResponse:
+@blocking
+def list_principals(request: Request, body: bytes) -> JSONResponse:
     _, directory, _ = _ctx(request)
     tid = request.path_params["tenant"]
     _check(request, "principal.list", tid, resource=tid)
@@ -221,7 +232,8 @@ def _principal(request: Request, action: str) -> Principal:
     return _owned(request, Principal, "principal", action)
 
 
-async def get_principal(request: Request) -> JSONResponse:
+@blocking
+def get_principal(request: Request, body: bytes) -> JSONResponse:
     """One principal, with its role bindings."""
     prn = _principal(request, "principal.read")
     _, directory, _ = _ctx(request)
@@ -229,15 +241,17 @@ async def get_principal(request: Request) -> JSONResponse:
     return JSONResponse({**view(prn), "bindings": [view(b) for b in bindings]})
 
 
-async def create_binding(request: Request) -> JSONResponse:
+@blocking
+def create_binding(request: Request, body: bytes) -> JSONResponse:
     prn = _principal(request, "binding.create")
     _, directory, act = _ctx(request)
-    body: BindingIn = parse(BindingIn, (await read_json(request))[1])
-    return JSONResponse(view(directory.bind(act, prn.id, body.role, body.project_id)),
+    args: BindingIn = parse(BindingIn, json_body(body))
+    return JSONResponse(view(directory.bind(act, prn.id, args.role, args.project_id)),
                         status_code=201)
 
 
-async def delete_binding(request: Request) -> JSONResponse:
+@blocking
+def delete_binding(request: Request, body: bytes) -> JSONResponse:
     b = _owned(request, RoleBinding, "binding", "binding.delete")
     if b.tenant_id is None:  # platform bindings are not managed here
         raise NotFoundError("not found")
@@ -246,20 +260,22 @@ async def delete_binding(request: Request) -> JSONResponse:
 
 
 # --- keys -------------------------------------------------------------------------------------
-async def create_key(request: Request) -> JSONResponse:
+@blocking
+def create_key(request: Request, body: bytes) -> JSONResponse:
     prn = _principal(request, "key.create")
     _, directory, act = _ctx(request)
-    body: KeyIn = parse(KeyIn, (await read_json(request))[1])
-    expires = (datetime.now(UTC) + timedelta(hours=body.expires_in_hours)
-               if body.expires_in_hours else None)
+    args: KeyIn = parse(KeyIn, json_body(body))
+    expires = (datetime.now(UTC) + timedelta(hours=args.expires_in_hours)
+               if args.expires_in_hours else None)
     secret, record = request.app.state.auth.keys.create(
-        prn.id, name=body.name, projects=body.projects, models=body.models,
-        actions=body.actions, expires_at=expires,
+        prn.id, name=args.name, projects=args.projects, models=args.models,
+        actions=args.actions, expires_at=expires,
         also=directory.audited(act, "key.create", prn.tenant_id, {"principal": prn.id}))
     return JSONResponse({**view(record), "key": secret}, status_code=201)
 
 
-async def list_keys(request: Request) -> JSONResponse:
+@blocking
+def list_keys(request: Request, body: bytes) -> JSONResponse:
     prn = _principal(request, "key.list")
     _, directory, _ = _ctx(request)
     limit, after = _page_args(request)
@@ -273,25 +289,27 @@ def _key(request: Request, action: str) -> tuple[ApiKey, str | None]:
     return key, directory.tenant_of_principal(key.principal_id)
 
 
-async def get_key(request: Request) -> JSONResponse:
+@blocking
+def get_key(request: Request, body: bytes) -> JSONResponse:
     """One key's record (never its secret)."""
     key, _ = _key(request, "key.read")
     return JSONResponse(view(key))
 
 
-async def rotate_key(request: Request) -> JSONResponse:
+@blocking
+def rotate_key(request: Request, body: bytes) -> JSONResponse:
     key, tenant = _key(request, "key.rotate")
     _, directory, act = _ctx(request)
-    _, data = await read_json(request) if await request.body() else (b"", {})
-    body: RotateIn = parse(RotateIn, data)
-    grace = timedelta(0) if body.immediate else timedelta(hours=body.grace_hours)
+    args: RotateIn = parse(RotateIn, json_body(body) if body else {})
+    grace = timedelta(0) if args.immediate else timedelta(hours=args.grace_hours)
     secret, new = request.app.state.auth.keys.rotate(
         key.id, grace, also=directory.audited(act, "key.rotate", tenant,
                                               {"grace_hours": grace.total_seconds() / 3600}))
     return JSONResponse({**view(new), "key": secret, "rotated_from": key.id}, status_code=201)
 
 
-async def revoke_key(request: Request) -> JSONResponse:
+@blocking
+def revoke_key(request: Request, body: bytes) -> JSONResponse:
     key, tenant = _key(request, "key.revoke")
     _, directory, act = _ctx(request)
     record = request.app.state.auth.keys.revoke(
@@ -300,7 +318,8 @@ async def revoke_key(request: Request) -> JSONResponse:
 
 
 # --- policy -------------------------------------------------------------------------------------
-async def get_policy(request: Request) -> JSONResponse:
+@blocking
+def get_policy(request: Request, body: bytes) -> JSONResponse:
     _check(request, "policy.read", None, resource="policy")
     store = request.app.state.authz.policy
     policy = store.current()
@@ -308,9 +327,10 @@ async def get_policy(request: Request) -> JSONResponse:
                          "policy": policy.doc.model_dump()})
 
 
-async def validate_policy(request: Request) -> JSONResponse:
+@blocking
+def validate_policy(request: Request, body: bytes) -> JSONResponse:
     _check(request, "policy.validate", None, resource="policy")
-    text = (await request.body()).decode("utf-8", errors="replace")
+    text = body.decode("utf-8", errors="replace")
     try:
         parse_policy(text, "request body")
     except ValueError as exc:

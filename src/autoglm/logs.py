@@ -34,7 +34,7 @@ class JsonFormatter(logging.Formatter):
         if second != self._second:  # strftime once a second, not once a line
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._stamp}.{int(msecs):03d}Z"
+        return f"{self._stamp}.{int(msecs):03d}+00:00"
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {

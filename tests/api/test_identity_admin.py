@@ -474,3 +474,20 @@ async def test_no_database_call_runs_on_the_event_loop(setup) -> None:
         event.remove(engine, "before_cursor_execute", watch)
     assert len(seen) > 50  # the routes did reach the database
     assert on_loop == []
+
+
+async def test_one_timestamp_format_with_an_offset(setup) -> None:
+    """SQLite handed stored times back without their zone: the same record was
+    '...T16:46:29.559864' on SQLite and '...+00:00' on PostgreSQL."""
+    import re
+
+    client, ids = setup["client"], setup["ids"]
+    shape = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$")
+    tenant = (await client.get(f"/admin/v1/tenants/{ids['bank']}")).json()
+    key = (await client.post(f"/admin/v1/principals/{ids['bank/member']}/keys",
+                             {"expires_in_hours": 1})).json()
+    again = (await client.get(f"/admin/v1/keys/{key['id']}")).json()
+    for value in (tenant["created_at"], key["created_at"], key["expires_at"],
+                  again["created_at"], again["expires_at"]):
+        assert shape.match(value), value
+    assert again["expires_at"] == key["expires_at"]

@@ -20,13 +20,11 @@ from starlette.responses import JSONResponse
 
 from autoglm.api.admin_authz import check, record
 from autoglm.api.body import read_json
-from autoglm.pipeline.schemas import parse
 from autoglm.engine.upstream.client import UpstreamEngine
 from autoglm.engine.upstream.router import Instance
 from autoglm.errors import InvalidRequestError, ModelNotFoundError, NotFoundError
+from autoglm.pipeline.schemas import parse
 from autoglm.settings import InstanceSpec
-
-
 
 
 def _engine_view(model: str, engine: Any) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from autoglm.errors import InvalidRequestError, NotFoundError
 from autoglm.store.db import Database
 from autoglm.store.models import (
     ROLES,
-    valid_id,
     ApiKey,
     AuditEvent,
     Base,
@@ -27,7 +26,9 @@ from autoglm.store.models import (
     RoleBinding,
     Tenant,
     new_id,
+    valid_id,
 )
+from autoglm.timefmt import stamp
 
 M = TypeVar("M", bound=Base)
 
@@ -46,7 +47,7 @@ def view(row: Base) -> dict[str, Any]:
         if col.name == "key_hash":
             continue  # never leaves the store
         value = getattr(row, col.name)
-        out[col.name] = value.isoformat() if isinstance(value, datetime) else value
+        out[col.name] = stamp(value) if isinstance(value, datetime) else value
     return out
 
 

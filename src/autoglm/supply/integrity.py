@@ -18,11 +18,11 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from autoglm.errors import IntegrityError
+from autoglm.timefmt import stamp
 
 CHUNK = 1 << 20
 T = TypeVar("T")
@@ -110,7 +110,7 @@ def load_verified(path: Path, sha256: str, size: int | None,
             "bytes": pinned.before.size,
             "hash_ms": round((hashed - started) * 1000, 1),
             "load_ms": round((done - hashed) * 1000, 1),
-            "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "checked_at": stamp(),
         }
     finally:
         pinned.close()

@@ -11,9 +11,10 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from autoglm.timefmt import stamp
 
 CHUNK = 1 << 20  # 1 MiB reads: large enough that per-call overhead vanishes
 MANIFEST_VERSION = 1
@@ -60,7 +61,7 @@ def build(root: Path, *, source: str = "local", revision: str | None = None,
     for path in model_files(root):
         files.append({"path": _rel(root, path), "size": path.stat().st_size,
                       "sha256": sha256_file(path, progress)})
-    return {"version": MANIFEST_VERSION, "created_at": datetime.now(UTC).isoformat(),
+    return {"version": MANIFEST_VERSION, "created_at": stamp(),
             "source": source, "revision": revision, "files": files,
             "total_size": sum(f["size"] for f in files)}
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from autoglm.errors import ConfigError, NotFoundError
 from autoglm.supply import manifest as mf
+from autoglm.timefmt import stamp
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -97,7 +97,7 @@ class Registry:
                progress: mf.Progress | None = None) -> mf.Verification:
         entry = self.get(name)
         result = mf.verify(Path(entry["path"]), entry["manifest"], full=full, progress=progress)
-        entry["verified"] = {"intact": result.intact, "at": datetime.now(UTC).isoformat(),
+        entry["verified"] = {"intact": result.intact, "at": stamp(),
                              "full": full}
         self._write(name, entry)
         return result

@@ -8,11 +8,11 @@ import email.parser
 import re
 import uuid
 import zipfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from autoglm import __version__
+from autoglm.timefmt import stamp
 
 SPEC_VERSION = "1.6"
 
@@ -73,7 +73,7 @@ def document(wheels: list[dict[str, Any]], models: list[dict[str, Any]]) -> dict
         "bomFormat": "CycloneDX", "specVersion": SPEC_VERSION,
         "serialNumber": f"urn:uuid:{uuid.uuid4()}", "version": 1,
         "metadata": {
-            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "timestamp": stamp(),
             "tools": {"components": [{"type": "application", "name": "autoglm",
                                       "version": __version__}]},
             "component": {"type": "application", "bom-ref": "autoglm-bundle",

@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import importlib.metadata
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from autoglm.errors import ConfigError
 from autoglm.supply import manifest as mf
 from autoglm.supply.registry import Registry
 from autoglm.supply.signing import signature_path, signed_digests
+from autoglm.timefmt import stamp
 
 log = logging.getLogger("autoglm.trust")
 
@@ -72,7 +72,7 @@ def _signature(registry: Registry, entry: dict[str, Any], root: Path,
         return None
     signer, digests = found
     if root.is_file():
-        digests = {root.name: d for ident, d in digests.items() if ident == "."}
+        digests = {root.name: digests["."]} if set(digests) == {"."} else {}
     expected = {rel: f["sha256"] for rel, f in listed.items()}
     if digests != expected:
         log.warning("the model's signature does not vouch for its manifest's files",
@@ -121,7 +121,7 @@ def _from_registry(registry: Registry, path: Path, policy: str,
         state["load"] = {"sha256": f["sha256"], "bytes": f["size"]}
     else:
         state["load"] = {"bytes": sum(f["size"] for f in listed.values()),
-                         "checked_at": datetime.now(UTC).isoformat(timespec="seconds")}
+                         "checked_at": stamp()}
     return state
 
 

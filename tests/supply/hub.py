@@ -39,10 +39,12 @@ class HubProcess:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.port = free_port()
+        self.other_port = free_port()  # a second listener: another origin on the same host
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "autoglm.devtools.hub", "--root", str(root),
-             "--port", str(self.port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             "--port", str(self.port), "--also-port", str(self.other_port)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -60,6 +62,11 @@ class HubProcess:
     def requests(self, path: str | None = None) -> list[dict[str, Any]]:
         reqs = httpx.get(f"{self.url}/_stats", timeout=5).json()["requests"]
         return [r for r in reqs if path is None or r["path"] == path]
+
+    def seen(self) -> list[dict[str, Any]]:
+        """Every request but /_control and /_stats: ``at`` (address reached), ``method``,
+        ``path`` and the ``authorization`` header it carried (None when it had none)."""
+        return httpx.get(f"{self.url}/_stats", timeout=5).json()["seen"]
 
     def stop(self) -> None:
         self.proc.terminate()

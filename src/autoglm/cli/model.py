@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -208,6 +209,11 @@ class _PullProgress:
     def retrying(self, what: str, why: str, delay: float) -> None:
         self.console.print(f"[yellow]{what}: {why}; trying again in {delay:.1f} s[/]")
 
+    def unhashed(self, paths: list[str]) -> None:
+        self.console.print(f"[yellow]warning: no hash published for {escape(', '.join(paths))}: "
+                           "accepted because of --allow-unhashed; their SHA-256 is computed "
+                           "here from the bytes received[/]")
+
     def done(self) -> None:
         if self.bar is not None:
             self.bar.stop()
@@ -228,6 +234,9 @@ def model_pull(repo: Annotated[str, typer.Argument(help="Repository, ORG/NAME.")
                ] = None,
                name: Annotated[Optional[str], typer.Option(
                    help="Registry name (default: the repository's name).")] = None,
+               allow_unhashed: Annotated[bool, typer.Option(
+                   "--allow-unhashed", help="Accept files the hub publishes no hash for "
+                   "(their SHA-256 is computed here; they are named in a warning).")] = False,
                config: Config = None, as_json: AsJson = False) -> None:
     """Download a model from a hub or mirror, check every file against the hub's hashes,
     and register it. Run it again after an interruption: it resumes."""
@@ -241,7 +250,7 @@ def model_pull(repo: Annotated[str, typer.Argument(help="Repository, ORG/NAME.")
                         reporter=reporter)
         result = puller.pull(PullRequest(repo=repo, source=source, revision=revision,
                                          endpoint=endpoint, include=list(include or []),
-                                         name=name))
+                                         name=name, allow_unhashed=allow_unhashed))
     except AutoGLMError as exc:
         raise fail(exc.message) from None
     finally:
@@ -249,14 +258,18 @@ def model_pull(repo: Annotated[str, typer.Argument(help="Repository, ORG/NAME.")
     entry = result.entry
     if as_json:
         print(json.dumps({"entry": entry, "fetched": result.fetched, "resumed": result.resumed,
-                          "up_to_date": result.up_to_date}, indent=2))
+                          "up_to_date": result.up_to_date, "unhashed": result.unhashed},
+                         indent=2))
         return
     if result.up_to_date:
         reporter.console.print(f"{entry['name']} is already pulled at {entry['revision'][:12]}; "
                                "nothing to do")
         return
+    checked = ("every file matches the hub's hashes" if not result.unhashed else
+               f"{len(result.unhashed)} file(s) with no published hash (hashed here), every "
+               "other file matches the hub's hashes")
     reporter.console.print(
         f"registered {entry['name']}: {len(entry['manifest']['files'])} file(s), "
-        f"{entry['manifest']['total_size']:,} bytes, every file matches the hub's hashes "
+        f"{entry['manifest']['total_size']:,} bytes, {checked} "
         f"({result.fetched:,} bytes fetched, {result.resumed:,} resumed from disk); serve it "
         f"with `autoglm serve --model {entry['name']}`")

@@ -17,13 +17,21 @@ Content honours ``Range: bytes=N-`` (206). Faults are set with ``POST /_control`
     {"faults": [{"kind": "cut", "after_bytes": 65536, "times": 1, "path": "*.gguf"},
                 {"kind": "corrupt", "times": 1},
                 {"kind": "status", "status": 429, "times": 2}],
-     "rate": 1048576, "fake_size": {"big.bin": 10**14}, "fake_name": {"a.txt": "../a.txt"}}
+     "rate": 1048576, "fake_size": {"big.bin": 10**14}, "fake_name": {"a.txt": "../a.txt"},
+     "unhashed": ["*.json"], "cdn": "127.0.0.1:8001", "redirect_all": true}
 
 ``cut`` closes the connection mid-file, ``corrupt`` flips one byte, ``status`` answers
-429/500/...; ``rate`` throttles content to bytes per second; ``fake_size`` lies about a
-file's size in listings, ``fake_name`` about its name (a hostile mirror). ``GET /_stats``
-lists every content request with its method, range start and the bytes sent. No Xet
-headers are ever sent: clients fall back to plain HTTP.
+429/500/..., ``oversize`` (``"extra": N``) sends N bytes more than the file, announced in
+``Content-Length`` with ``"declare": true``, else without a length, ending by closing the
+connection; ``rate`` throttles content to bytes per second; ``fake_size`` lies about a
+file's size in listings, ``fake_name`` about its name (a hostile mirror); ``unhashed``
+files are listed and served with no hash at all (no SHA-256, LFS oid, blob id or ETag);
+``cdn`` moves the address LFS downloads are redirected to (``--also-port`` adds a listener
+on another port of the same host), and ``redirect_all`` redirects every download there,
+small files and ModelScope ones too. ``GET /_stats`` lists every content request with its
+method, range start and the bytes sent, and under ``seen`` every request with the address
+it reached and the ``Authorization`` header it carried. No Xet headers are ever sent:
+clients fall back to plain HTTP.
 """
 
 from __future__ import annotations
@@ -36,17 +44,15 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
+from autoglm.devtools.hub_conn import Conn
 from autoglm.devtools.serving import serve_until_signalled
 
 LFS_MIN = 1 << 20
 LFS_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt")
-_REASONS = {200: "OK", 206: "Partial Content", 302: "Found", 404: "Not Found",
-            416: "Range Not Satisfiable", 429: "Too Many Requests",
-            500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 @dataclass
@@ -70,7 +76,10 @@ class Hub:
         self.rate: float | None = None
         self.fake_size: dict[str, int] = {}
         self.fake_name: dict[str, str] = {}
+        self.unhashed: list[str] = []  # globs of files published without any hash
+        self.redirect_all = False
         self.requests: list[dict[str, Any]] = []
+        self.seen: list[dict[str, Any]] = []  # every request: address reached, Authorization
         self._cache: dict[Path, tuple[float, RepoFile]] = {}
 
     # -- repositories ------------------------------------------------------------------
@@ -116,92 +125,15 @@ class Hub:
     def size_of(self, f: RepoFile) -> int:
         return self.fake_size.get(f.path, f.size)
 
+    def hashed(self, f: RepoFile) -> bool:
+        return not any(fnmatch.fnmatch(f.path, g) for g in self.unhashed)
+
     def take_fault(self, path: str) -> dict[str, Any] | None:
         for fault in self.faults:
             if fault.get("times", 1) > 0 and fnmatch.fnmatch(path, fault.get("path", "*")):
                 fault["times"] = fault.get("times", 1) - 1
                 return fault
         return None
-
-
-def _head(status: int, headers: dict[str, str], length: int) -> bytes:
-    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
-    lines.append(f"content-length: {length}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-class Conn:
-    def __init__(self, hub: Hub, writer: asyncio.StreamWriter, method: str) -> None:
-        self.hub, self.writer, self.method = hub, writer, method
-
-    def json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        data = orjson.dumps(body)
-        self.writer.write(_head(status, {"content-type": "application/json", **(headers or {})},
-                                len(data)) + (data if self.method != "HEAD" else b""))
-
-    def hf_error(self, code: str, message: str) -> None:
-        self.json(404, {"error": message}, {"x-error-code": code, "x-error-message": message})
-
-    def ms_error(self, message: str) -> None:
-        self.json(404, {"Code": 10010205001, "Message": message, "Success": False})
-
-    async def content(self, f: RepoFile, range_header: str | None,
-                      headers: dict[str, str]) -> bool:
-        """Send a file's bytes (from a range); False when the connection was cut."""
-        hub = self.hub
-        start = 0
-        if range_header and range_header.startswith("bytes="):
-            start = int(range_header[6:].split("-", 1)[0] or 0)
-        record = {"path": f.path, "method": self.method, "range_start": start, "status": 200,
-                  "bytes_sent": 0}
-        hub.requests.append(record)
-        fault = hub.take_fault(f.path)
-        if fault and fault["kind"] == "status":
-            record["status"] = fault["status"]
-            self.json(fault["status"], {"error": "stand-in fault"}, {"retry-after": "0"})
-            return True
-        if start >= f.size and f.size:
-            record["status"] = 416
-            self.json(416, {"error": "range not satisfiable"},
-                      {"content-range": f"bytes */{f.size}"})
-            return True
-        status = 206 if start else 200
-        record["status"] = status
-        extra = {"content-type": "application/octet-stream", "accept-ranges": "bytes",
-                 "etag": f'"{f.sha256 if f.lfs else f.git_sha1}"', **headers}
-        if start:
-            extra["content-range"] = f"bytes {start}-{f.size - 1}/{f.size}"
-        self.writer.write(_head(status, extra, f.size - start))
-        if self.method == "HEAD":
-            return True
-        cut_at = fault.get("after_bytes", f.size // 2) if fault and fault["kind"] == "cut" else None
-        corrupt_at = None
-        if fault and fault["kind"] == "corrupt":
-            corrupt_at = fault.get("at", f.size // 2)
-        pos = start
-        with f.file.open("rb") as fh:
-            fh.seek(start)
-            while pos < f.size:
-                chunk = bytearray(fh.read(64 * 1024))
-                if not chunk:
-                    break
-                if corrupt_at is not None and pos <= corrupt_at < pos + len(chunk):
-                    chunk[corrupt_at - pos] ^= 0xFF
-                if cut_at is not None and pos + len(chunk) > start + cut_at:
-                    chunk = chunk[:max(0, start + cut_at - pos)]
-                    self.writer.write(bytes(chunk))
-                    record["bytes_sent"] += len(chunk)
-                    await self.writer.drain()
-                    record["status"] = "cut"
-                    return False
-                self.writer.write(bytes(chunk))
-                record["bytes_sent"] += len(chunk)
-                pos += len(chunk)
-                await self.writer.drain()
-                if hub.rate:
-                    await asyncio.sleep(len(chunk) / hub.rate)
-        return True
 
 
 def _hf(conn: Conn, parts: list[str], query: dict[str, list[str]],
@@ -217,10 +149,13 @@ def _hf(conn: Conn, parts: list[str], query: dict[str, list[str]],
         for f in snap[1]:
             if under and not f.path.startswith(under + "/"):
                 continue
-            item: dict[str, Any] = {"type": "file", "oid": f.git_sha1, "size": hub.size_of(f),
-                                    "path": f.path}
+            item: dict[str, Any] = {"type": "file", "size": hub.size_of(f), "path": f.path}
+            if hub.hashed(f):
+                item["oid"] = f.git_sha1
             if f.lfs:
-                item["lfs"] = {"oid": f.sha256, "size": hub.size_of(f), "pointerSize": 134}
+                item["lfs"] = {"size": hub.size_of(f), "pointerSize": 134}
+                if hub.hashed(f):
+                    item["lfs"]["oid"] = f.sha256
             tree.append(item)
         conn.json(200, tree)
         return True
@@ -235,10 +170,13 @@ def _hf(conn: Conn, parts: list[str], query: dict[str, list[str]],
         commit, files = snap
         siblings = []
         for f in files:
-            s: dict[str, Any] = {"rfilename": f.path, "size": hub.size_of(f),
-                                 "blobId": f.git_sha1}
+            s: dict[str, Any] = {"rfilename": f.path, "size": hub.size_of(f)}
+            if hub.hashed(f):
+                s["blobId"] = f.git_sha1
             if f.lfs:
-                s["lfs"] = {"sha256": f.sha256, "size": hub.size_of(f), "pointerSize": 134}
+                s["lfs"] = {"size": hub.size_of(f), "pointerSize": 134}
+                if hub.hashed(f):
+                    s["lfs"]["sha256"] = f.sha256
             siblings.append(s)
         conn.json(200, {"id": repo, "modelId": repo, "sha": commit, "siblings": siblings,
                         "private": False, "gated": False})
@@ -256,13 +194,13 @@ def _hf(conn: Conn, parts: list[str], query: dict[str, list[str]],
             return True
         info = {"x-repo-commit": commit}
         if f.lfs:
-            info.update({"x-linked-etag": f'"{f.sha256}"', "x-linked-size": str(hub.size_of(f)),
-                         "etag": f'"{f.sha256}"',
-                         # another host, as the real hub's CDN: clients read the 302's
-                         # headers and follow it only to fetch the bytes
-                         "location": f"http://{hub.cdn}/_lfs/{f.sha256}?repo={quote(repo)}"
-                                     f"&path={quote(path)}"})
-            conn.writer.write(_head(302, info, 0))
+            info["x-linked-size"] = str(hub.size_of(f))
+            if hub.hashed(f):
+                info.update({"x-linked-etag": f'"{f.sha256}"', "etag": f'"{f.sha256}"'})
+        if f.lfs or hub.redirect_all:
+            # another host, as the real hub's CDN: clients read the 302's headers and
+            # follow it only to fetch the bytes
+            conn.redirect(f, repo, path, info)
             return True
         return conn.content(f, headers.get("range"), info)
     if parts[:1] == ["_lfs"] and len(parts) == 2:
@@ -294,8 +232,8 @@ def _modelscope(conn: Conn, parts: list[str], query: dict[str, list[str]],
         return True
     if parts[5:] == ["repo", "files"]:
         listing = [{"Name": f.path.rsplit("/", 1)[-1], "Path": f.path, "Type": "blob",
-                    "Size": hub.size_of(f), "Sha256": f.sha256, "Revision": commit}
-                   for f in files]
+                    "Size": hub.size_of(f), "Revision": commit,
+                    **({"Sha256": f.sha256} if hub.hashed(f) else {})} for f in files]
         conn.json(200, {"Code": 200, "Data": {"Files": listing}, "Success": True})
         return True
     if parts[5:] == ["repo"]:
@@ -303,6 +241,9 @@ def _modelscope(conn: Conn, parts: list[str], query: dict[str, list[str]],
         f = next((x for x in files if x.path == path), None)
         if f is None:
             conn.ms_error("file not found")
+            return True
+        if hub.redirect_all:
+            conn.redirect(f, repo, path, {})
             return True
         return conn.content(f, headers.get("range"), {})
     return None
@@ -326,17 +267,20 @@ async def handle(hub: Hub, reader: asyncio.StreamReader, writer: asyncio.StreamW
             conn = Conn(hub, writer, method)
             if url.path == "/_control" and method == "POST":
                 conf = orjson.loads(body or b"{}")
-                hub.faults = conf.get("faults", hub.faults)
-                hub.rate = conf.get("rate", hub.rate)
-                hub.fake_size = conf.get("fake_size", hub.fake_size)
-                hub.fake_name = conf.get("fake_name", hub.fake_name)
+                for knob in ("faults", "rate", "fake_size", "fake_name", "unhashed", "cdn",
+                             "redirect_all"):
+                    setattr(hub, knob, conf.get(knob, getattr(hub, knob)))
                 if conf.get("reset_stats"):
                     hub.requests.clear()
+                    hub.seen.clear()
                 conn.json(200, {})
                 continue
             if url.path == "/_stats":
-                conn.json(200, {"requests": hub.requests, "pid": os.getpid()})
+                conn.json(200, {"requests": hub.requests, "seen": hub.seen, "pid": os.getpid()})
                 continue
+            host, port = writer.get_extra_info("sockname")[:2]
+            hub.seen.append({"at": f"{host}:{port}", "method": method, "path": url.path,
+                             "authorization": headers.get("authorization")})
             parts = [p for p in url.path.split("/") if p]
             result = _modelscope(conn, parts, query, headers)
             if result is None:
@@ -356,8 +300,14 @@ async def main_async(args: argparse.Namespace) -> None:
     hub = Hub(Path(args.root), f"{args.cdn_host}:{args.port}")
     server = await asyncio.start_server(lambda r, w: handle(hub, r, w),
                                         [args.host, args.cdn_host], args.port)
+    other = None
+    if args.also_port:  # another origin on the same host: a redirect target for tests
+        other = await asyncio.start_server(lambda r, w: handle(hub, r, w), args.host,
+                                           args.also_port)
     await serve_until_signalled(
         server, f"stand-in hub serving {args.root} on {args.host}:{args.port}")
+    if other is not None:
+        other.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -367,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--root", required=True, help="directory of <org>/<name>/ repositories")
     p.add_argument("--cdn-host", default="127.0.0.2",
                    help="second loopback address, standing in for the CDN LFS files come from")
+    p.add_argument("--also-port", type=int, default=None,
+                   help="also listen on this port of --host (another origin, same host)")
     asyncio.run(main_async(p.parse_args(argv)))
 
 

@@ -6,6 +6,11 @@ lists ``siblings`` with sizes and, for LFS files, their SHA-256; small files are
 against their git blob id. ModelScope: ``/api/v1/models/<repo>/repo/files`` lists every
 file with its SHA-256. Errors come back as one-line messages that say what is wrong:
 no such repository, no such revision, or a hub that cannot be reached.
+
+A listing must give every file's size (a download is never read past it). A hub token
+(``HF_TOKEN``, ``MODELSCOPE_API_TOKEN``) is attached by ``HubToken`` to each request, redirects
+included, whose origin (scheme, host, port) is the hub's own, and to no other: Hugging Face
+answers LFS downloads with a redirect to its CDN, which never sees the token.
 """
 
 from __future__ import annotations
@@ -26,9 +31,14 @@ SOURCES = ("hf", "modelscope")
 @dataclass(frozen=True)
 class RemoteFile:
     path: str
-    size: int
+    size: int  # as the hub publishes it: a download never reads more
     sha256: str | None  # published by the hub (HF: LFS files; ModelScope: every file)
     git_sha1: str | None = None  # HF's git blob id of a small (non-LFS) file
+
+    @property
+    def hashed(self) -> bool:
+        """The hub publishes a hash the downloaded bytes can be checked against."""
+        return bool(self.sha256 or self.git_sha1)
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,38 @@ def _token(*names: str) -> str | None:
     return None
 
 
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port or {"http": 80, "https": 443}.get(url.scheme)
+
+
+class HubToken:
+    """An httpx request hook: the token on every request to the hub's origin (scheme, host
+    and port), and on no other, whatever a redirect or a copied header says."""
+
+    def __init__(self, endpoint: str, token: str | None) -> None:
+        self._origin = _origin(httpx.URL(endpoint))
+        self._value = f"Bearer {token}" if token else None
+
+    def __call__(self, request: httpx.Request) -> None:
+        request.headers.pop("authorization", None)
+        if self._value is not None and _origin(request.url) == self._origin:
+            request.headers["authorization"] = self._value
+
+    def __repr__(self) -> str:  # never the token itself
+        return f"HubToken({'set' if self._value else 'none'} for {self._origin})"
+
+
+def _size(value: Any, path: str, endpoint: str, repo: str) -> int:
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        size = -1
+    if size < 0:
+        raise HubError(f"{endpoint} listed {path} of {repo} without a file size; is it a "
+                       "model hub or a mirror of one?")
+    return size
+
+
 class HuggingFace:
     source = "hf"
     default_revision = "main"
@@ -54,14 +96,12 @@ class HuggingFace:
     def __init__(self, endpoint: str | None = None) -> None:
         self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT")
                          or "https://huggingface.co").rstrip("/")
-        token = _token("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
-        self.headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.token = HubToken(self.endpoint, _token("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"))
 
     def snapshot(self, http: httpx.Client, backoff: Backoff, repo: str,
                  revision: str) -> Snapshot:
         url = f"{self.endpoint}/api/models/{repo}/revision/{quote(revision, safe='')}"
-        r = backoff.run(f"listing {repo}", lambda: http.get(
-            url, params={"blobs": "true"}, headers=self.headers))
+        r = backoff.run(f"listing {repo}", lambda: http.get(url, params={"blobs": "true"}))
         if r.status_code in (401, 403, 404):
             code = r.headers.get("x-error-code", "")
             if code == "RevisionNotFound":
@@ -76,11 +116,12 @@ class HuggingFace:
         files = []
         for s in body.get("siblings") or []:
             lfs = s.get("lfs") or {}
-            files.append(RemoteFile(s["rfilename"], int(lfs.get("size", s.get("size") or 0)),
-                                    lfs.get("sha256"), None if lfs else s.get("blobId")))
-        if any(f.size == 0 and f.sha256 is None and f.git_sha1 is None for f in files):
-            raise HubError(f"{self.endpoint} listed {repo} without file sizes; is it a "
-                           "Hugging Face mirror?")
+            if s.get("size") is None and lfs.get("size") is None:
+                raise HubError(f"{self.endpoint} listed {repo} without file sizes; is it a "
+                               "Hugging Face mirror?")
+            size = _size(lfs.get("size", s.get("size")), s["rfilename"], self.endpoint, repo)
+            files.append(RemoteFile(s["rfilename"], size, lfs.get("sha256"),
+                                    None if lfs else s.get("blobId")))
         return Snapshot(self.source, repo, revision, body.get("sha") or revision, files)
 
     def file_url(self, snap: Snapshot, path: str) -> str:
@@ -96,12 +137,11 @@ class ModelScope:
         self.endpoint = (endpoint or os.environ.get("MODELSCOPE_ENDPOINT")
                          or (f"https://{domain}" if domain else "https://www.modelscope.cn")
                          ).rstrip("/")
-        token = _token("MODELSCOPE_API_TOKEN")
-        self.headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.token = HubToken(self.endpoint, _token("MODELSCOPE_API_TOKEN"))
 
     def _get(self, http: httpx.Client, backoff: Backoff, what: str, url: str,
              params: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-        r = backoff.run(what, lambda: http.get(url, params=params, headers=self.headers))
+        r = backoff.run(what, lambda: http.get(url, params=params))
         if r.status_code not in (400, 404):
             check_status(r, what)
         body = _json(r, what)
@@ -121,7 +161,8 @@ class ModelScope:
         for f in (body.get("Data") or {}).get("Files") or []:
             if f.get("Type", "blob") != "blob":
                 continue
-            files.append(RemoteFile(f["Path"], int(f.get("Size") or 0), f.get("Sha256")))
+            files.append(RemoteFile(f["Path"], _size(f.get("Size"), f["Path"], self.endpoint,
+                                                     repo), f.get("Sha256")))
             commit = f.get("Revision") or commit
         return Snapshot(self.source, repo, revision, commit, files)
 

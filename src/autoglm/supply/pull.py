@@ -7,6 +7,11 @@ model never looks complete. ``.incoming/<name>.json`` remembers the revision and
 already checked: run the same command again after an interruption (network cut, SIGKILL,
 disk full) and it resumes where it stopped. An exclusive lock on ``<name>.lock`` makes a
 second pull of the same model wait for the first instead of writing the same files.
+
+A file the hub publishes no hash for (no SHA-256, LFS oid or git blob id) cannot be checked:
+it is refused, before any byte is fetched, unless the caller allows it (``--allow-unhashed``);
+then its SHA-256 is computed here from the bytes received, the manifest lists it under
+``unhashed``, and the reporter is told which files they were.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import fnmatch
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -26,13 +32,20 @@ from typing import Any, Protocol
 import httpx
 
 from autoglm import __version__
-from autoglm.errors import ConfigError, HubError, NotFoundError, StorageFullError
+from autoglm.errors import (
+    ConfigError,
+    HubError,
+    IntegrityError,
+    NotFoundError,
+    StorageFullError,
+)
 from autoglm.supply import manifest as mf
 from autoglm.supply.hubs import RemoteFile, Snapshot, hub_for
 from autoglm.supply.registry import Registry
 from autoglm.supply.transfer import Backoff, fetch, git_blob_sha1
 
 STATE_VERSION = 1
+log = logging.getLogger("autoglm.pull")
 
 
 class Reporter(Protocol):
@@ -40,14 +53,22 @@ class Reporter(Protocol):
     def start(self, snap: Snapshot, files: list[RemoteFile], on_disk: int) -> None: ...
     def advance(self, path: str, n: int) -> None: ...
     def retrying(self, what: str, why: str, delay: float) -> None: ...
+    def unhashed(self, paths: list[str]) -> None: ...
     def done(self) -> None: ...
 
 
 class Quiet:
+    """No progress output; files accepted without a published hash are logged."""
+
     def waiting(self, name: str) -> None: ...
     def start(self, snap: Snapshot, files: list[RemoteFile], on_disk: int) -> None: ...
     def advance(self, path: str, n: int) -> None: ...
     def retrying(self, what: str, why: str, delay: float) -> None: ...
+
+    def unhashed(self, paths: list[str]) -> None:
+        log.warning("no hash published for %s: accepted (allow_unhashed), SHA-256 computed "
+                    "locally", ", ".join(paths), extra={"unhashed": paths})
+
     def done(self) -> None: ...
 
 
@@ -59,6 +80,7 @@ class PullRequest:
     endpoint: str | None = None
     include: list[str] = field(default_factory=list)
     name: str | None = None
+    allow_unhashed: bool = False  # accept files the hub publishes no hash for
 
 
 @dataclass
@@ -67,6 +89,19 @@ class PullResult:
     fetched: int  # bytes downloaded by this run
     resumed: int  # bytes found on disk from an earlier run and not fetched again
     up_to_date: bool = False
+    unhashed: list[str] = field(default_factory=list)  # accepted with no published hash
+
+
+def _unhashed(files: list[RemoteFile], repo: str, revision: str, allowed: bool) -> list[str]:
+    """Files with no published hash: refused, unless ``allowed``."""
+    paths = [f.path for f in files if not f.hashed]
+    if paths and not allowed:
+        shown = ", ".join(paths[:8]) + (f" and {len(paths) - 8} more" if len(paths) > 8 else "")
+        raise IntegrityError(f"the hub publishes no hash for {shown} ({repo}@{revision}), so "
+                             "the bytes cannot be checked; nothing was downloaded. Pass "
+                             "--allow-unhashed to accept them (their SHA-256 is then computed "
+                             "here and recorded in the manifest)")
+    return paths
 
 
 def _valid_repo(repo: str) -> str:
@@ -106,7 +141,7 @@ class Puller:
         name = req.name or repo.split("/")[-1]
         self.registry.check_name(name)
         with self._locked(name), httpx.Client(
-                timeout=self.timeout, follow_redirects=True,
+                timeout=self.timeout, follow_redirects=True, event_hooks={"request": [hub.token]},
                 headers={"user-agent": f"autoglm/{__version__}"}) as http:
             snap = hub.snapshot(http, self.backoff, repo, req.revision or hub.default_revision)
             source = f"{snap.source}:{repo}"
@@ -127,7 +162,12 @@ class Puller:
                 raise ConfigError(f"no file of {repo}@{snap.revision} matches --include "
                                   f"{' '.join(req.include)}" if req.include
                                   else f"{repo}@{snap.revision} has no files")
-            return self._download(http, hub, snap, files, name, source)
+            unhashed = _unhashed(files, repo, snap.revision, req.allow_unhashed)
+            if unhashed:
+                self.reporter.unhashed(unhashed)
+            result = self._download(http, hub, snap, files, name, source, unhashed)
+            result.unhashed = unhashed
+            return result
 
     def _registered(self, name: str) -> dict[str, Any] | None:
         try:
@@ -136,7 +176,7 @@ class Puller:
             return None
 
     def _download(self, http: httpx.Client, hub: Any, snap: Snapshot, files: list[RemoteFile],
-                  name: str, source: str) -> PullResult:
+                  name: str, source: str, unhashed: list[str]) -> PullResult:
         staging, state_path = self.incoming / name, self.incoming / f"{name}.json"
         final = self.store / name
         kept = final.exists()
@@ -165,7 +205,7 @@ class Puller:
             def advance(n: int, path: str = f.path) -> None:
                 self.reporter.advance(path, n)
 
-            digest = fetch(http, self.backoff, hub.file_url(snap, f.path), hub.headers,
+            digest = fetch(http, self.backoff, hub.file_url(snap, f.path), {},
                            path=f.path, size=f.size, sha256=f.sha256, git_sha1=f.git_sha1,
                            dest=dest, progress=advance)
             fetched += max(0, dest.stat().st_size - before)
@@ -173,8 +213,8 @@ class Puller:
             state["done"][f.path] = {"sha256": digest, "size": dest.stat().st_size}
             _write_json(state_path, state)
         self.reporter.done()
-        return PullResult(self._finish(staging, state_path, state, snap, name, source),
-                          fetched, on_disk)
+        return PullResult(self._finish(staging, state_path, state, snap, name, source,
+                                       unhashed), fetched, on_disk)
 
     @staticmethod
     def _checked_on_disk(dest: Path, f: RemoteFile) -> str | None:
@@ -214,7 +254,7 @@ class Puller:
                                    f"to fetch, {_human(free)} free in {where}")
 
     def _finish(self, staging: Path, state_path: Path, state: dict[str, Any], snap: Snapshot,
-                name: str, source: str) -> dict[str, Any]:
+                name: str, source: str, unhashed: list[str]) -> dict[str, Any]:
         listed = state["done"]
         for path in mf.model_files(staging):  # leftovers of an older run are not the model
             if path.relative_to(staging).as_posix() not in listed:
@@ -224,6 +264,8 @@ class Puller:
                     "files": [{"path": p, "size": d["size"], "sha256": d["sha256"]}
                               for p, d in sorted(listed.items())],
                     "total_size": sum(d["size"] for d in listed.values())}
+        if unhashed:  # their SHA-256 was computed here: the hub vouched for nothing
+            manifest["unhashed"] = sorted(unhashed)
         self.store.mkdir(parents=True, exist_ok=True)
         final = self.store / name
         os.replace(staging, final)

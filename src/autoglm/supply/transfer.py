@@ -4,6 +4,10 @@ A file is fetched into ``<dest>.part``. Bytes already there (from an interrupted
 hashed from disk and only the rest is asked for (``Range: bytes=N-``), so they are never
 fetched again. The SHA-256 is computed as the bytes arrive; the finished file must match
 the hash the hub publishes before it takes its real name, and a mismatch is an error.
+
+The published size bounds what is read: a body announced or found to be longer is refused
+at once (reading stops there, nothing past the size is ever written, and the partial file
+is discarded), and so is a complete body that is shorter.
 """
 
 from __future__ import annotations
@@ -156,28 +160,53 @@ def _published(r: httpx.Response) -> str | None:
     return None
 
 
+def _declared(r: httpx.Response) -> int | None:
+    """The body's length as the response announces it (None: not announced, or encoded)."""
+    if r.headers.get("content-encoding", "identity").lower() != "identity":
+        return None
+    try:
+        return int(r.headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _framed(r: httpx.Response) -> bool:
+    """The response marks its own end (a length, or chunks): httpx raises on a cut one."""
+    return "content-length" in r.headers or "chunked" in r.headers.get(
+        "transfer-encoding", "").lower()
+
+
+def _wrong_size(partial: _Partial, path: str, problem: str) -> IntegrityError:
+    partial.reset()
+    return IntegrityError(f"{path}: the mirror sends {problem}; the download was discarded (if "
+                          "it repeats, the mirror does not serve the published file)")
+
+
 def fetch(http: httpx.Client, backoff: Backoff, url: str, headers: dict[str, str], *,
           path: str, size: int, sha256: str | None, git_sha1: str | None, dest: Path,
           progress: Progress | None = None) -> str:
-    """Download one file to ``dest`` (resuming ``dest.part``); its checked SHA-256."""
+    """Download one file of the published ``size`` to ``dest`` (resuming ``dest.part``);
+    its SHA-256, checked against ``sha256``, else the hub's ETag, else ``git_sha1`` (with
+    none of them the bytes are taken as they come: the caller decides if that may be)."""
     part = dest.with_name(dest.name + ".part")
     part.parent.mkdir(parents=True, exist_ok=True)
     partial = _Partial(part)
     stated: list[str] = []
+    longer = f"more than the {size:,} bytes the hub publishes"
 
     def attempt() -> None:
         have = partial.sync()
-        if size and have > size:
+        if have > size:
             partial.reset()
             have = 0
-        if size and have == size:
+        if have == size and part.exists():
             return
-        req = {**headers, **({"range": f"bytes={have}-"} if have else {})}
+        req = {**headers, "accept-encoding": "identity",
+               **({"range": f"bytes={have}-"} if have else {})}
         with http.stream("GET", url, headers=req) as r:
-            if r.status_code == 416:
+            if r.status_code == 416:  # not progress: a mirror that always says so gives up
                 partial.reset()
-                raise Transient("the hub refused the range; fetching the file again",
-                                progressed=True)
+                raise Transient("the hub refused the range; fetching the file again")
             if r.status_code in TRANSIENT:
                 raise Transient(f"the hub answered {r.status_code}", _retry_after(r))
             if r.status_code == 404:
@@ -188,10 +217,19 @@ def fetch(http: httpx.Client, backoff: Backoff, url: str, headers: dict[str, str
                 partial.reset()  # the whole file came back: start it again
             if (digest := _published(r)) is not None:
                 stated.append(digest)
-            got = 0
+            announced = _declared(r)
+            if announced is not None and announced > size - partial.size:
+                raise _wrong_size(partial, path, longer)
+            if announced is not None and announced < size - partial.size:
+                raise _wrong_size(partial, path, f"{partial.size + announced:,} bytes but the "
+                                                 f"hub publishes {size:,}")
+            got, over = 0, False
             try:
                 with part.open("ab") as fh:
                     for chunk in r.iter_bytes():  # as received: nothing lost on a cut
+                        if len(chunk) > size - partial.size:
+                            over = True  # stop reading: not one byte past the size
+                            break
                         fh.write(chunk)
                         partial.update(chunk)
                         got += len(chunk)
@@ -201,8 +239,13 @@ def fetch(http: httpx.Client, backoff: Backoff, url: str, headers: dict[str, str
                     os.fsync(fh.fileno())
             except httpx.TransportError as exc:
                 raise Transient(describe(exc), progressed=got > 0) from None
-        if partial.size < size:
-            raise Transient("the download ended early", progressed=True)
+            if over:
+                raise _wrong_size(partial, path, longer)
+            if partial.size < size and _framed(r):  # a whole answer, and a shorter file
+                raise _wrong_size(partial, path, f"{partial.size:,} bytes but the hub "
+                                                 f"publishes {size:,}")
+        if partial.size < size:  # the connection closed: maybe a cut, try again
+            raise Transient("the download ended early", progressed=got > 0)
 
     try:
         backoff.run(f"downloading {path}", attempt)
@@ -216,7 +259,7 @@ def fetch(http: httpx.Client, backoff: Backoff, url: str, headers: dict[str, str
     digest = partial.hexdigest()
     expected = sha256 or (stated[0] if stated else None)
     problem = None
-    if size and partial.size != size:
+    if partial.size != size:
         problem = f"{partial.size:,} bytes instead of {size:,}"
     elif expected and digest != expected:
         problem = f"SHA-256 {digest} but the hub publishes {expected}"

@@ -49,8 +49,8 @@ def bundle_verify(path: Path, pubkey: Annotated[Optional[Path], typer.Option(
         help="Also check signed models' signatures with this public key (PEM).")] = None,
                   as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
                   ) -> None:
-    """Re-hash every file of a bundle and cross-check its SBOM and model manifests. Exit 0
-    only if intact."""
+    """Re-hash every file of a bundle (refusing unlisted files, links, non-wheels and paths
+    that leave it) and cross-check its SBOM and model manifests. Exit 0 only if intact."""
     from autoglm.supply import bundle
 
     try:
@@ -81,7 +81,8 @@ def bundle_verify(path: Path, pubkey: Annotated[Optional[Path], typer.Option(
 def bundle_install(path: Path, pubkey: Annotated[Optional[list[Path]], typer.Option(
         help="Check models' signatures with this key (repeatable); trusted_keys count too.")
                    ] = None, config: Config = None) -> None:
-    """Verify a bundle and register its models in this installation (install.sh runs it)."""
+    """Verify a bundle and register its models in this installation (install.sh runs it
+    once the wheels are installed)."""
     from autoglm.supply import bundle
 
     err = _console()

@@ -4,17 +4,20 @@
 
     wheels/          autoglm and every dependency, as wheels for this Python and platform
                      (llama-cpp-python as the wheel built here), pinned to the versions
-                     installed in this environment
+                     installed in this environment; wheels only, never an sdist
     models/NAME/     each model's files; models/NAME.json its registry entry and manifest;
                      models/NAME.sig its signature, if it is signed
     sbom.cdx.json    CycloneDX SBOM of the wheels and models
-    install.sh       makes a virtual environment, installs with no index, registers models
+    install.py       the check and installer, standard library only (``bundle_installer``)
+    install.sh       finds Python and runs install.py with it; needs nothing else
     bundle.json      what the bundle holds, with the SHA-256 and size of every file
-    SHA256SUMS       the same hashes for ``sha256sum --check`` (checked before pip runs)
+    SHA256SUMS       the same hashes, for ``sha256sum --check`` by hand
 
 It is written under a temporary name and renamed when complete, so a bundle that looks
-complete is complete. ``verify`` re-hashes everything and cross-checks the SBOM and the
-model manifests; ``install`` (run by install.sh) verifies, then registers the models.
+complete is complete. ``verify`` runs install.py's check (every file hashed, unlisted files,
+links, non-wheels and paths leaving the bundle refused) and cross-checks the SBOM and the
+model manifests; ``install`` (run by install.py once pip is done) verifies, then registers
+the models.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import sysconfig
 import tempfile
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,14 +42,14 @@ from urllib.parse import unquote, urlsplit
 
 from autoglm import __version__
 from autoglm.errors import ConfigError, IntegrityError, NotFoundError
+from autoglm.supply import bundle_installer as bi
 from autoglm.supply import manifest as mf
 from autoglm.supply import sbom
 from autoglm.supply.registry import Registry
 from autoglm.supply.signing import signature_path, verify_files
 
-FORMAT = 1
+FORMAT = bi.FORMAT
 Log = Callable[[str], None]
-_SKIP = {"bundle.json", "SHA256SUMS"}
 
 
 def _python() -> str:
@@ -128,49 +131,52 @@ def _copy_model(registry: Registry, name: str, dest: Path, log: Log) -> dict[str
 
 
 def _hash_tree(root: Path) -> dict[str, dict[str, Any]]:
-    out = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
-        if rel not in _SKIP:
-            out[rel] = {"size": path.stat().st_size, "sha256": mf.sha256_file(path)}
-    return out
+    present, problems = bi.scan(root)
+    if problems:
+        raise ConfigError(f"cannot bundle: {problems[0]}")
+    return {rel: {"size": size, "sha256": mf.sha256_file(root / rel)}
+            for rel, size in present.items() if rel not in bi.OWN}
+
+
+def _take_wheels(wheelhouse: Path, dest: Path, log: Log) -> None:
+    found = sorted(wheelhouse.glob("*.whl"))
+    if not found:
+        raise ConfigError(f"{wheelhouse} holds no wheels (*.whl)")
+    log(f"taking {len(found)} wheels from {wheelhouse}")
+    dest.mkdir(parents=True)
+    for path in found:
+        shutil.copyfile(path, dest / path.name)
 
 
 INSTALL_SH = r"""#!/bin/sh
 # Install Open-AutoGLM from this bundle on a machine with no network:
-#   sh install.sh [VENV_DIR [--pubkey PUB.pem ...]]
+#   sh install.sh [VENV_DIR [--pubkey PUB.pem ...]]      or      sh install.sh --check
 # VENV_DIR defaults to ./autoglm-venv; models go to autoglm's data dir (AUTOGLM_DATA_DIR);
-# --pubkey checks the models' signatures with that key and records the signer.
-# Needs Python {python} ($PYTHON or python3). pip never contacts an index (--no-index).
+# --pubkey checks the models' signatures with that key and records the signer; --check
+# only checks the bundle. Needs Python {python} ($PYTHON or python3) and nothing else:
+# install.py hashes every file and refuses unlisted ones before anything runs, then pip
+# installs the listed wheels only, each by its hash, with no index.
 set -eu
-HERE=$(cd "$(dirname "$0")" && pwd)
-VENV=${{1:-$PWD/autoglm-venv}}
-[ $# -gt 0 ] && shift
+case $0 in */*) HERE=${{0%/*}} ;; *) HERE=. ;; esac
+HERE=$(cd "$HERE" && pwd)
 PY=${{PYTHON:-python3}}
-have=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if ! command -v "$PY" >/dev/null 2>&1; then
+  echo "error: $PY not found; install Python {python} or set PYTHON to one" >&2
+  exit 2
+fi
+have=$("$PY" -I -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || have=unknown
 if [ "$have" != "{python}" ]; then
   echo "error: this bundle holds wheels for Python {python}; $PY is Python $have (set PYTHON)" >&2
   exit 2
 fi
-if command -v sha256sum >/dev/null 2>&1; then
-  echo "checking the bundle's hashes..." >&2
-  (cd "$HERE" && sha256sum --check --quiet --strict SHA256SUMS >&2) || {{
-    echo "error: the bundle's files do not match SHA256SUMS; it was changed or damaged" >&2
-    exit 1
-  }}
-fi
-echo "creating the virtual environment $VENV..." >&2
-"$PY" -m venv "$VENV"
-echo "installing wheels (no index, no network)..." >&2
-"$VENV/bin/python" -m pip install --quiet --no-index --no-cache-dir --disable-pip-version-check \
-  --find-links "$HERE/wheels" autoglm
-"$VENV/bin/autoglm" bundle install "$HERE" "$@"
-echo "installed: $VENV/bin/autoglm (models: {models})" >&2
-echo "serve with: $VENV/bin/autoglm serve --model {first}" >&2
+exec "$PY" -I "$HERE/install.py" "$@"
 """
 
 
-def create(out: Path, models: list[str], registry: Registry, log: Log) -> dict[str, Any]:
+def create(out: Path, models: list[str], registry: Registry, log: Log, *,
+           wheelhouse: Path | None = None) -> dict[str, Any]:
+    """Write a bundle at ``out``. ``wheelhouse``: take every wheel in that directory
+    instead of collecting them with ``pip wheel`` (nothing checks that they are complete)."""
     out = out.expanduser().absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} already exists; give a new directory")
@@ -183,17 +189,24 @@ def create(out: Path, models: list[str], registry: Registry, log: Log) -> dict[s
     work.mkdir(parents=True)
     try:
         entries = [_copy_model(registry, name, work / "models", log) for name in models]
-        _wheels(work / "wheels", log)
+        if wheelhouse is None:
+            _wheels(work / "wheels", log)
+        else:
+            _take_wheels(wheelhouse, work / "wheels", log)
         files = _hash_tree(work)
+        for rel in files:
+            if rel.startswith("wheels/") and not bi.WHEEL.match(rel):
+                raise ConfigError(f"cannot bundle {rel}: not a wheel, or a name outside the "
+                                  "wheel format; a bundle holds wheels only")
         wheels = [sbom.wheel_component(work / rel, meta["sha256"])
                   for rel, meta in files.items() if rel.startswith("wheels/")]
         doc = sbom.document(wheels, [sbom.model_component(e) for e in entries])
         (work / "sbom.cdx.json").write_text(json.dumps(doc, indent=2))
+        shutil.copyfile(bi.__file__, work / "install.py")
         script = work / "install.sh"
-        script.write_text(INSTALL_SH.format(python=_python(), models=" ".join(models),
-                                            first=models[0]))
+        script.write_text(INSTALL_SH.format(python=_python()))
         script.chmod(0o755)
-        for rel in ("sbom.cdx.json", "install.sh"):
+        for rel in ("sbom.cdx.json", "install.py", "install.sh"):
             files[rel] = {"size": (work / rel).stat().st_size,
                           "sha256": mf.sha256_file(work / rel)}
         meta = {"format": FORMAT, "created_at": datetime.now(UTC).isoformat(),
@@ -213,16 +226,8 @@ def create(out: Path, models: list[str], registry: Registry, log: Log) -> dict[s
 
 
 @dataclass
-class Report:
-    changed: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    extra: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
+class Report(bi.Findings):
     signatures: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def intact(self) -> bool:
-        return not (self.changed or self.missing or self.extra or self.problems)
 
 
 def _load(bundle: Path) -> dict[str, Any]:
@@ -230,8 +235,10 @@ def _load(bundle: Path) -> dict[str, Any]:
         meta = json.loads((bundle / "bundle.json").read_text())
     except FileNotFoundError:
         raise ConfigError(f"{bundle} is not a bundle (no bundle.json)") from None
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         raise IntegrityError(f"{bundle}/bundle.json is damaged (not JSON)") from None
+    if not isinstance(meta, dict):
+        raise IntegrityError(f"{bundle}/bundle.json is damaged (not an object)")
     if meta.get("format") != FORMAT:
         raise ConfigError(f"{bundle}: bundle format {meta.get('format')} is not supported "
                           f"(this autoglm reads format {FORMAT})")
@@ -239,36 +246,20 @@ def _load(bundle: Path) -> dict[str, Any]:
 
 
 def verify(bundle: Path, pubkey: Path | None = None) -> Report:
+    """install.py's check (every file hashed unless the structure is already wrong), then
+    the SBOM and each model's manifest and, with ``pubkey``, its signature."""
     bundle = bundle.expanduser().absolute()
-    meta = _load(bundle)
-    listed: dict[str, dict[str, Any]] = meta.get("files") or {}
-    report = Report()
-    present = _hash_tree(bundle)
-    for rel, m in listed.items():
-        if rel not in present:
-            report.missing.append(rel)
-        elif present[rel]["sha256"] != m["sha256"]:
-            report.changed.append(rel)
-    report.extra = sorted(set(present) - set(listed))
-    _check_sums(bundle, listed, report)
+    return _verify(bundle, _load(bundle), pubkey)
+
+
+def _verify(bundle: Path, meta: dict[str, Any], pubkey: Path | None) -> Report:
+    report = Report(**asdict(bi.check(bundle, meta)))
+    listed = meta["files"] if isinstance(meta.get("files"), dict) else {}
     _check_sbom(bundle, listed, report)
     for name in meta.get("models") or []:
-        _check_model(bundle, name, listed, report, pubkey)
+        if isinstance(name, str) and bi.MODEL_NAME.match(name):
+            _check_model(bundle, name, listed, report, pubkey)
     return report
-
-
-def _check_sums(bundle: Path, listed: dict[str, Any], report: Report) -> None:
-    try:
-        lines = (bundle / "SHA256SUMS").read_text().splitlines()
-    except FileNotFoundError:
-        report.missing.append("SHA256SUMS")
-        return
-    sums = dict(reversed(line.split("  ", 1)) for line in lines if "  " in line)
-    own = hashlib.sha256((bundle / "bundle.json").read_bytes()).hexdigest()
-    if sums.pop("bundle.json", None) != own:
-        report.problems.append("SHA256SUMS does not match bundle.json")
-    if sums != {rel: m["sha256"] for rel, m in listed.items()}:
-        report.problems.append("SHA256SUMS and bundle.json list different files or hashes")
 
 
 def _check_sbom(bundle: Path, listed: dict[str, Any], report: Report) -> None:
@@ -283,8 +274,30 @@ def _check_sbom(bundle: Path, listed: dict[str, Any], report: Report) -> None:
             if prop.get("name") == "autoglm:file":
                 by_file[prop["value"]] = comp["hashes"][0]["content"]
     for rel, m in listed.items():
-        if rel.startswith("wheels/") and by_file.get(rel) != m["sha256"]:
+        sha = m.get("sha256") if isinstance(m, dict) else None
+        if rel.startswith("wheels/") and by_file.get(rel) != sha:
             report.problems.append(f"the SBOM does not list {rel} with its hash")
+
+
+def _entry_problems(name: str, entry: Any) -> list[str]:
+    """What makes a bundled registry entry unusable: a damaged shape, or a path (its own
+    or a manifest file's) that would leave ``models/NAME/``."""
+    manifest = entry.get("manifest") if isinstance(entry, dict) else None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+        return [f"model {name}: its registry entry is damaged (no manifest file list)"]
+    out = []
+    for f in files:
+        if (why := bi.unsafe(f.get("path"))) is not None:
+            out.append(f"model {name}: its manifest lists {f.get('path')!r}, which {why} "
+                       "(refused)")
+    path = entry.get("path")
+    why = bi.unsafe(path)
+    if why is None and path.split("/")[0] != name:
+        why = f"is not under models/{name}/"
+    if why is not None:
+        out.append(f"model {name}: its entry's path {path!r} {why} (refused)")
+    return out
 
 
 def _check_model(bundle: Path, name: str, listed: dict[str, Any], report: Report,
@@ -294,8 +307,11 @@ def _check_model(bundle: Path, name: str, listed: dict[str, Any], report: Report
     except (OSError, ValueError):
         report.problems.append(f"model {name}: its registry entry is missing or damaged")
         return
+    if refused := _entry_problems(name, entry):
+        report.problems += refused
+        return
     for f in entry["manifest"]["files"]:
-        if (listed.get(f"models/{name}/{f['path']}") or {}).get("sha256") != f["sha256"]:
+        if (listed.get(f"models/{name}/{f['path']}") or {}).get("sha256") != f.get("sha256"):
             report.problems.append(f"model {name}: {f['path']} differs from its manifest")
     if pubkey is not None and entry.get("signed_by"):
         try:
@@ -311,14 +327,18 @@ def install(bundle: Path, registry: Registry, log: Log,
     """Verify the bundle, then copy and register its models. A model's signature counts
     (``signed_by``) only once it verifies with one of ``keys`` here."""
     bundle = bundle.expanduser().absolute()
-    report = verify(bundle)
+    meta = _load(bundle)  # read once: everything below is checked against this copy
+    report = _verify(bundle, meta, None)
     if not report.intact:
-        first = (report.changed + report.missing + report.extra + report.problems)[:3]
+        first = report.lines()[:3]
         raise IntegrityError(f"{bundle} fails verification ({'; '.join(first)}); it was "
                              "changed or damaged")
     out = []
-    for name in _load(bundle)["models"]:
-        entry = json.loads((bundle / "models" / f"{name}.json").read_text())
+    for name in meta["models"]:
+        raw = (bundle / "models" / f"{name}.json").read_bytes()
+        if hashlib.sha256(raw).hexdigest() != meta["files"][f"models/{name}.json"]["sha256"]:
+            raise IntegrityError(f"model {name}: models/{name}.json changed while installing")
+        entry = json.loads(raw)
         try:
             have = registry.get(name)
         except NotFoundError:

@@ -211,10 +211,13 @@ def test_a_cancelled_stream_frees_its_slot(srv: ServerProcess,
 
 
 # --- TLS ------------------------------------------------------------------------------------
+FAILURES, FAILURE_WINDOW_S = 3, 2.0
 @pytest.fixture(scope="module")
 def tls_srv(start_server, stop_server, tls_cert) -> Iterator[ServerProcess]:
     ctx = ssl.create_default_context(cafile=str(tls_cert[0]))
-    s = start_server("grpc-tls", grpc=True, tls=tls_cert, verify=ctx)
+    s = start_server("grpc-tls", grpc=True, tls=tls_cert, verify=ctx,
+                     env={"AUTOGLM_AUTH_FAILURE_LIMIT": str(FAILURES),
+                          "AUTOGLM_AUTH_FAILURE_WINDOW_S": str(FAILURE_WINDOW_S)})
     yield s
     stop_server(s)
 
@@ -249,3 +252,25 @@ def test_grpc_over_tls13_only(tls_srv: ServerProcess, tls_cert: tuple[Path, Path
             pb_grpc.InferenceStub(plain).ListModels(pb.ListModelsRequest(), metadata=AUTH,
                                                     timeout=5)
         assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_failed_keys_are_limited_per_client_behind_the_tls_front(
+        tls_srv: ServerProcess, tls_cert: tuple[Path, Path]) -> None:
+    """The TLS front carried every client over one Unix socket, so the gRPC server saw no
+    client address and the limit on failed keys never applied over TLS."""
+    creds = grpc.ssl_channel_credentials(root_certificates=tls_cert[0].read_bytes())
+    bad = (("authorization", "Bearer " + "x" * 40),)
+    codes = []
+    with grpc.secure_channel(tls_srv.grpc_target, creds) as ch:
+        stub = pb_grpc.InferenceStub(ch)
+        for _ in range(FAILURES + 2):
+            with pytest.raises(grpc.RpcError) as exc:
+                stub.ListModels(pb.ListModelsRequest(), metadata=bad, timeout=TIMEOUT_S)
+            codes.append(exc.value.code())
+    assert codes[:FAILURES] == [grpc.StatusCode.UNAUTHENTICATED] * FAILURES
+    assert codes[FAILURES:] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+    time.sleep(FAILURE_WINDOW_S + 0.5)  # the window passes: the address may try again
+    with grpc.secure_channel(tls_srv.grpc_target, creds) as ch:
+        models = pb_grpc.InferenceStub(ch).ListModels(pb.ListModelsRequest(), metadata=AUTH,
+                                                      timeout=TIMEOUT_S)
+    assert [m.id for m in models.models] == [MODEL]

@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 import grpc
@@ -54,8 +55,10 @@ _STATUS = {400: _S.INVALID_ARGUMENT, 401: _S.UNAUTHENTICATED, 403: _S.PERMISSION
            503: _S.UNAVAILABLE, 504: _S.DEADLINE_EXCEEDED, 507: _S.RESOURCE_EXHAUSTED}
 
 
-def _peer_address(peer: str | None) -> str | None:
-    """``ipv4:127.0.0.1:5000`` / ``ipv6:[::1]:5000`` / ``unix:...`` -> the address part."""
+def _peer_address(peer: str | None, fronted: dict[str, str]) -> str | None:
+    """``ipv4:127.0.0.1:5000`` / ``ipv6:[::1]:5000`` -> the address part; a connection
+    from the TLS front (``unix-abstract:NAME``) -> the address of the client it carries,
+    so the limit on failed keys holds per client there too."""
     if not peer:
         return None
     kind, _, rest = peer.partition(":")
@@ -63,7 +66,9 @@ def _peer_address(peer: str | None) -> str | None:
         return rest.rsplit(":", 1)[0]
     if kind == "ipv6":
         return rest.rsplit(":", 1)[0].strip("[]")
-    return None  # a Unix socket (the TLS front): no address to hold failures against
+    if kind == "unix-abstract":
+        return fronted.get(rest)
+    return None
 
 
 def status_code(http_status: int) -> grpc.StatusCode:
@@ -91,18 +96,19 @@ class _Call:
 
     __slots__ = ("context", "route", "ctx", "status", "_token")
 
-    def __init__(self, context: grpc.aio.ServicerContext, method: str) -> None:
+    def __init__(self, context: grpc.aio.ServicerContext, method: str, rid: str,
+                 fronted: dict[str, str]) -> None:
         md: dict[str, str] = {}
         for key, value in context.invocation_metadata() or ():
             if isinstance(value, str):
                 md[key] = value
         given = md.get("x-request-id")
-        rid = given if given and SAFE_REQUEST_ID.match(given) else f"req_{os.urandom(16).hex()}"
+        rid = given if given and SAFE_REQUEST_ID.match(given) else rid
         self.context = context
         self.route = f"grpc:/{SERVICE}/{method}"
         self.ctx = RequestContext(rid, "grpc", md.get("authorization"),
                                   md.get("openai-project") or None,
-                                  client=_peer_address(context.peer()))
+                                  client=_peer_address(context.peer(), fronted))
         self.status = 0
         self._token = request_id_var.set(rid)
 
@@ -139,8 +145,14 @@ class _Call:
 class InferenceServicer(pb_grpc.InferenceServicer):
     """``state``: the app's state (service, auth, authz, engines, metrics)."""
 
-    def __init__(self, state: Any) -> None:
+    def __init__(self, state: Any, fronted: dict[str, str] | None = None) -> None:
         self.state = state
+        self.fronted = fronted if fronted is not None else {}  # TlsFront.peers
+        # Request ids need to be unique, not secret: a seeded PRNG, no system call each.
+        self.ids = random.Random(os.urandom(32))
+
+    def _call(self, context: grpc.aio.ServicerContext, method: str) -> _Call:
+        return _Call(context, method, f"req_{self.ids.getrandbits(128):032x}", self.fronted)
 
     async def ChatCompletion(self, request: pb.ChatCompletionRequest,
                              context: grpc.aio.ServicerContext) -> pb.ChatCompletionResponse:
@@ -160,7 +172,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
-        call = _Call(context, "ListModels")
+        call = self._call(context, "ListModels")
         state = self.state
         try:
             await call.begin()
@@ -176,7 +188,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     async def _unary(self, api: _Api, method: str, request: Any,
                      context: grpc.aio.ServicerContext) -> Any:
-        call = _Call(context, method)
+        call = self._call(context, method)
         try:
             await call.begin()
             req = InferenceRequest(api.kind, body=api.body(request, stream=False))
@@ -193,7 +205,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                       context: grpc.aio.ServicerContext) -> None:
         """Written with ``context.write`` in this task: a cancelled call is cancelled here,
         and the ``finally`` closes the answer (the slot is free before the next step)."""
-        call = _Call(context, method)
+        call = self._call(context, method)
         answer = None
         try:
             await call.begin()
@@ -243,7 +255,8 @@ class RpcServer:
             ("grpc.max_receive_message_length", s.max_body_bytes),
             ("grpc.so_reuseport", 1),  # several gateway processes may share the port
         ])
-        pb_grpc.add_InferenceServicer_to_server(InferenceServicer(self.state), server)
+        fronted: dict[str, str] = {}  # the TLS front's connections -> client addresses
+        pb_grpc.add_InferenceServicer_to_server(InferenceServicer(self.state, fronted), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -254,7 +267,7 @@ class RpcServer:
                 backend = self.run_dir / "grpc.sock"
                 server.add_insecure_port(f"unix:{backend}")
                 self.front = TlsFront(server_context(s.ssl_certfile, s.ssl_keyfile,
-                                                     s.tls_allow_1_2), backend)
+                                                     s.tls_allow_1_2), backend, fronted)
                 await server.start()
                 self.port = await self.front.start(s.host, s.grpc_port)
             else:

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 import ssl
 from pathlib import Path
 
@@ -33,9 +36,13 @@ def server_context(certfile: Path, keyfile: Path, allow_tls12: bool) -> ssl.SSLC
 class TlsFront:
     """Accepts TLS connections on (host, port); each becomes one connection to ``backend``."""
 
-    def __init__(self, ctx: ssl.SSLContext, backend: Path) -> None:
+    def __init__(self, ctx: ssl.SSLContext, backend: Path,
+                 peers: dict[str, str] | None = None) -> None:
         self.ctx = ctx
         self.backend = str(backend)
+        # Each backend connection is bound to a random abstract socket name, which the gRPC
+        # server sees as its peer (``unix-abstract:NAME``): NAME -> the client's address.
+        self.peers = peers if peers is not None else {}
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
 
@@ -63,20 +70,35 @@ class TlsFront:
         if task is None:
             raise RuntimeError("the TLS front serves connections inside tasks")
         self._conns.add(task)
+        name = f"autoglm-{os.getpid()}-{secrets.token_hex(8)}"
         try:
             try:
-                b_reader, b_writer = await asyncio.open_unix_connection(self.backend,
-                                                                        limit=_CHUNK)
+                b_reader, b_writer = await self._connect(name)
             except OSError as exc:
                 log.error("gRPC server unreachable behind TLS", extra={"error": str(exc)})
                 return
+            peer = writer.get_extra_info("peername")
+            if peer:
+                self.peers[name] = peer[0]
             try:
                 await asyncio.gather(_pipe(reader, b_writer), _pipe(b_reader, writer))
             finally:
                 b_writer.close()
         finally:
+            self.peers.pop(name, None)
             writer.close()
             self._conns.discard(task)
+
+    async def _connect(self, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.bind("\0" + name)  # Linux's abstract namespace: no file, gone with the socket
+            await asyncio.get_running_loop().sock_connect(sock, self.backend)
+        except OSError:
+            sock.close()
+            raise
+        return await asyncio.open_unix_connection(sock=sock, limit=_CHUNK)
 
 
 async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:

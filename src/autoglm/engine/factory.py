@@ -96,6 +96,7 @@ def _managed_vllm(settings: Settings, run_dir: Path) -> dict[str, Engine]:
         path, model_id = resolve_model(path, model_id)
         return {model_id: _llamacpp(settings, path, model_id, run_dir)}
     state = trust.check(path, settings.model_trust, settings.data_dir, settings.trusted_keys)
-    engine = ManagedVllmEngine(settings, path, model_id, groups)
+    files = trust.tree(path, settings.data_dir) if settings.model_trust != "any" else None
+    engine = ManagedVllmEngine(settings, path, model_id, groups, files=files)
     engine.model = replace(engine.model, verification=state)
     return {model_id: engine}

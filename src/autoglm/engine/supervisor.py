@@ -17,6 +17,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal
 
+from autoglm.errors import AutoGLMError
+
 log = logging.getLogger("autoglm.supervisor")
 
 State = Literal["starting", "ready", "down", "stopped"]
@@ -34,7 +36,10 @@ class ProcessSupervisor:
         backoff_min_s: float,
         backoff_max_s: float,
         env: dict[str, str] | None = None,
+        before_spawn: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``before_spawn``: awaited before every (re)start; raising stops that start
+        (e.g. the model's files no longer hash right)."""
         self.name = name
         self.argv = list(argv)
         self.probe = probe
@@ -42,6 +47,7 @@ class ProcessSupervisor:
         self.backoff_min_s = backoff_min_s
         self.backoff_max_s = backoff_max_s
         self.env = env
+        self.before_spawn = before_spawn
         self.state: State = "stopped"
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
@@ -79,6 +85,8 @@ class ProcessSupervisor:
     async def _spawn_and_wait(self) -> None:
         self.state = "starting"
         self._ready.clear()
+        if self.before_spawn is not None:
+            await self.before_spawn()
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -128,8 +136,9 @@ class ProcessSupervisor:
             self.restarts += 1
             try:
                 await self._spawn_and_wait()
-            except (RuntimeError, OSError) as exc:
-                log.error("engine restart failed", extra={"engine": self.name, "reason": str(exc)})
+            except (RuntimeError, OSError, AutoGLMError) as exc:
+                reason = exc.message if isinstance(exc, AutoGLMError) else str(exc)
+                log.error("engine restart failed", extra={"engine": self.name, "reason": reason})
                 self.state = "down"
                 await self._kill()
 

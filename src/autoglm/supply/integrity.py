@@ -81,8 +81,8 @@ class PinnedFile:
             self.fd = -1
 
 
-def load_verified(path: Path, sha256: str, size: int | None,
-                  load: Callable[[str], T], unload: Callable[[T], None]) -> tuple[T, dict[str, Any]]:
+def load_verified(path: Path, sha256: str, size: int | None, load: Callable[[str], T],
+                  unload: Callable[[T], None]) -> tuple[T, dict[str, Any]]:
     """Hash ``path``, then ``load`` it through the same open file; refuse (IntegrityError)
     when the bytes differ from ``sha256`` or the file changed between the hash and the
     end of the load. Returns what ``load`` gave and a record of the check."""
@@ -114,3 +114,67 @@ def load_verified(path: Path, sha256: str, size: int | None,
         }
     finally:
         pinned.close()
+
+
+def _stamps(root: Path, rels: list[str]) -> dict[str, Stamp | None]:
+    out: dict[str, Stamp | None] = {}
+    for rel in rels:
+        try:
+            st = os.lstat(root / rel)
+        except OSError:
+            out[rel] = None
+            continue
+        out[rel] = Stamp(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return out
+
+
+class VerifiedTree:
+    """A model directory that another program loads (vLLM): every file hashed against
+    the manifest before each start unless no file changed since the last full check (a
+    change always moves a file's ctime), nothing unlisted in it, and after the load the
+    same stamps again, so no file can change between the check and the end of the load."""
+
+    def __init__(self, root: Path, files: dict[str, tuple[int, str]]) -> None:
+        self.root = root
+        self.files = files  # relative path -> (size, sha256)
+        self._checked: dict[str, Stamp | None] | None = None
+        self.record: dict[str, Any] = {}
+
+    def _extra(self) -> list[str]:
+        from autoglm.supply.manifest import model_files  # a leaf module; no import cycle
+
+        present = {p.relative_to(self.root).as_posix() for p in model_files(self.root)}
+        return sorted(present - set(self.files))
+
+    def unchanged(self) -> bool:
+        return (self._checked is not None and not self._extra()
+                and _stamps(self.root, sorted(self.files)) == self._checked)
+
+    def ensure(self) -> dict[str, Any]:
+        """Check (IntegrityError when anything differs) and return the record of the last
+        full check."""
+        extra = self._extra()
+        if extra:
+            raise IntegrityError(f"refusing {self.root}: {', '.join(extra[:3])} not in the "
+                                 "model's manifest")
+        if self.unchanged():
+            return self.record
+        started = time.perf_counter()
+        before = _stamps(self.root, sorted(self.files))
+        total = 0
+        for rel, (size, sha256) in sorted(self.files.items()):
+            pinned = PinnedFile(self.root / rel)
+            try:
+                if pinned.before.size != size or pinned.sha256() != sha256:
+                    raise IntegrityError(f"refusing {self.root}: {rel} does not hash to its "
+                                         "manifest's SHA-256 (the file was changed)")
+                total += size
+            finally:
+                pinned.close()
+        if _stamps(self.root, sorted(self.files)) != before:
+            raise IntegrityError(f"refusing {self.root}: a file was written while it was hashed")
+        self._checked = before
+        self.record = {"bytes": total, "files": len(self.files),
+                       "hash_ms": round((time.perf_counter() - started) * 1000, 1),
+                       "checked_at": stamp()}
+        return self.record

@@ -27,9 +27,9 @@ from typing import Any
 
 from autoglm.errors import ConfigError
 from autoglm.supply import manifest as mf
+from autoglm.supply.integrity import VerifiedTree
 from autoglm.supply.registry import Registry
 from autoglm.supply.signing import signature_path, signed_digests
-from autoglm.timefmt import stamp
 
 log = logging.getLogger("autoglm.trust")
 
@@ -101,28 +101,37 @@ def _from_registry(registry: Registry, path: Path, policy: str,
         raise ConfigError(f"refusing {path}: model_trust is 'signed' and the model carries no "
                           "signature that verifies with a key in trusted_keys and vouches for "
                           "its files")
-    # Every file is hashed at load: here, except the one file the embedded engine loads,
-    # which the engine hashes itself through the file it loads.
-    loaded_rel = path.name if root.is_file() else path.resolve().relative_to(root.resolve()).as_posix()
-    engine_hashes = path.is_file()
-    for rel, f in listed.items():
-        if engine_hashes and rel == loaded_rel:
-            continue
-        if mf.sha256_file(root / rel if root.is_dir() else root) != f["sha256"]:
-            raise ConfigError(f"refusing {path}: {rel} does not hash to its manifest's SHA-256 "
-                              f"(the file was changed); run `autoglm model verify {entry['name']}`")
     checks = ["manifest (no file missing or extra)", "sha256 at load"]
     if signer:
         checks.append("signature (trusted_keys)")
     state: dict[str, Any] = {"verified": True, "source": f"registry:{entry['name']}",
                              "signed_by": signer, "checks": checks}
-    if engine_hashes:
-        f = listed[loaded_rel]
-        state["load"] = {"sha256": f["sha256"], "bytes": f["size"]}
-    else:
-        state["load"] = {"bytes": sum(f["size"] for f in listed.values()),
-                         "checked_at": stamp()}
+    if path.is_file():
+        # Every other file is hashed here; the one the embedded engine loads, by the
+        # engine itself, through the open file it then loads (supply/integrity.py).
+        loaded_rel = (path.name if root.is_file()
+                      else path.resolve().relative_to(root.resolve()).as_posix())
+        for rel, f in listed.items():
+            if rel != loaded_rel and mf.sha256_file(root / rel) != f["sha256"]:
+                raise ConfigError(
+                    f"refusing {path}: {rel} does not hash to its manifest's SHA-256 (the "
+                    f"file was changed); run `autoglm model verify {entry['name']}`")
+        state["load"] = {"sha256": listed[loaded_rel]["sha256"],
+                         "bytes": listed[loaded_rel]["size"]}
+    else:  # a directory another program loads: hashed before each start (tree())
+        state["load"] = {"bytes": sum(f["size"] for f in listed.values())}
     return state
+
+
+def tree(path: Path, data_dir: Path) -> VerifiedTree | None:
+    """The registered model directory at ``path``, for its engine to check at every start
+    and after every load (managed vLLM); None when ``path`` is not one."""
+    entry = _entry_of(Registry(data_dir), path)
+    root = Path(entry["path"]) if entry is not None else None
+    if root is None or not root.is_dir() or root.resolve() != path.resolve():
+        return None
+    return VerifiedTree(root, {f["path"]: (f["size"], f["sha256"])
+                               for f in entry["manifest"]["files"]})
 
 
 def check(path: Path, policy: str, data_dir: Path,

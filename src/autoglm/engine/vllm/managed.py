@@ -22,7 +22,7 @@ import re
 import secrets
 import shutil
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from autoglm.engine.base import EngineHealth
@@ -36,8 +36,9 @@ from autoglm.engine.vllm.ports import (
     health,
     key_proof,
 )
-from autoglm.errors import ConfigError
+from autoglm.errors import ConfigError, IntegrityError
 from autoglm.settings import InstanceSpec, ModelSpec, Settings
+from autoglm.supply.integrity import VerifiedTree
 
 log = logging.getLogger("autoglm.vllm")
 
@@ -106,8 +107,13 @@ def plan(settings: Settings) -> list[list[Gpu]]:
 
 class ManagedVllmEngine(UpstreamEngine):
     def __init__(self, settings: Settings, model_path: Path, model_id: str,
-                 groups: list[list[Gpu]], *, pick_port: Callable[[], int] = free_port) -> None:
+                 groups: list[list[Gpu]], *, pick_port: Callable[[], int] = free_port,
+                 files: VerifiedTree | None = None) -> None:
+        """``files``: the registered model directory, checked before every child start
+        and again once the child has loaded it (model_trust verified or signed)."""
         self._pick_port = pick_port
+        self.files = files
+        self._files_lock = asyncio.Lock()  # children start together: one check for all
         self._model_path = model_path
         self._model_id = model_id
         self.children: list[Child] = []
@@ -155,7 +161,29 @@ class ManagedVllmEngine(UpstreamEngine):
             backoff_min_s=s.engine_restart_backoff_min_s,
             backoff_max_s=s.engine_restart_backoff_max_s,
             env=child_env(child),
+            before_spawn=self._check_files if self.files is not None else None,
         )
+
+    async def _check_files(self) -> None:
+        """Before a child loads the model: every file hashes right, nothing is unlisted
+        (hashed again only when a file changed since the last full check)."""
+        if self.files is None:
+            return
+        async with self._files_lock:
+            record = await asyncio.to_thread(self.files.ensure)
+        state = self.model.verification
+        if state is not None and state.get("load") != {**state.get("load", {}), **record}:
+            self.model = replace(self.model, verification={
+                **state, "load": {**state.get("load", {}), **record}})
+
+    async def _loaded_unchanged(self) -> bool:
+        """After the child loaded the model: no file changed since it was checked."""
+        if self.files is None:
+            return True
+        if await asyncio.to_thread(self.files.unchanged):
+            return True
+        raise IntegrityError(f"model '{self._model_id}': a file of {self.files.root} changed "
+                             "while vLLM loaded it; the child is stopped")
 
     def _probe(self, child: Child) -> Callable[[], Awaitable[bool]]:
         """Ready once the child answers /health and is proven to be the one listening
@@ -174,13 +202,14 @@ class ManagedVllmEngine(UpstreamEngine):
                 proof = await key_proof(port, child.api_key)
                 if proof == "foreign":
                     raise self._port_taken(child, None)
-                return proof == "ours" and await health(port)
+                return (proof == "ours" and await health(port)
+                        and await self._loaded_unchanged())
             if found.state == "none" or not await health(port):
                 return False
             again = await asyncio.to_thread(check, port, pid)  # nobody joined meanwhile
             if again.state == "foreign":
                 raise self._port_taken(child, again.pid)
-            return again.state == "ours"
+            return again.state == "ours" and await self._loaded_unchanged()
 
         return probe
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,39 +82,74 @@ class PinnedFile:
             self.fd = -1
 
 
-def load_verified(path: Path, sha256: str, size: int | None, load: Callable[[str], T],
+class StartedHash:
+    """A file opened, and its SHA-256 begun at once on a thread (hashlib lets go of the GIL
+    while it hashes), so the hash overlaps whatever the process does meanwhile: the engine
+    process starts it before importing llama.cpp."""
+
+    def __init__(self, path: Path) -> None:
+        self.pinned = PinnedFile(path)
+        self._digest: str | None = None
+        self._error: OSError | None = None
+        self.started = time.perf_counter()
+        self.finished = self.started
+        self._thread = threading.Thread(target=self._run, name="model-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._digest = self.pinned.sha256()
+        except OSError as exc:
+            self._error = exc
+        finally:
+            self.finished = time.perf_counter()
+
+    def digest(self) -> str:
+        self._thread.join()
+        if self._digest is None:
+            reason = self._error.strerror if self._error else "unknown error"
+            raise IntegrityError(f"cannot read {self.pinned.path}: {reason}")
+        return self._digest
+
+    def close(self) -> None:
+        self._thread.join()
+        self.pinned.close()
+
+
+def load_verified(source: Path | StartedHash, sha256: str, size: int | None,
+                  load: Callable[[str], T],
                   unload: Callable[[T], None]) -> tuple[T, dict[str, Any]]:
-    """Hash ``path``, then ``load`` it through the same open file; refuse (IntegrityError)
-    when the bytes differ from ``sha256`` or the file changed between the hash and the
-    end of the load. Returns what ``load`` gave and a record of the check."""
-    pinned = PinnedFile(path)
+    """Hash the file (``source``: a path, or a hash already under way), then ``load`` it
+    through the same open file; refuse (IntegrityError) when the bytes differ from
+    ``sha256`` or the file changed between the hash and the end of the load. Returns what
+    ``load`` gave and a record of the check."""
+    hashing = source if isinstance(source, StartedHash) else StartedHash(source)
+    pinned, path = hashing.pinned, hashing.pinned.path
     try:
         if size is not None and pinned.before.size != size:
             raise IntegrityError(
                 f"refusing {path}: it is {pinned.before.size} bytes, the verified file has "
                 f"{size} (the file was changed)")
-        started = time.perf_counter()
-        digest = pinned.sha256()
-        hashed = time.perf_counter()
+        digest = hashing.digest()
         if digest != sha256:
             raise IntegrityError(
                 f"refusing {path}: its SHA-256 is {digest[:16]}…, the verified file's is "
                 f"{sha256[:16]}… (the file was changed); run `autoglm model verify`")
+        hashed = time.perf_counter()
         loaded = load(pinned.load_path)
         if not pinned.unchanged():
             unload(loaded)
             raise IntegrityError(f"refusing {path}: the file was written or replaced while it "
                                  "was loaded")
-        done = time.perf_counter()
         return loaded, {
             "sha256": digest,
             "bytes": pinned.before.size,
-            "hash_ms": round((hashed - started) * 1000, 1),
-            "load_ms": round((done - hashed) * 1000, 1),
+            "hash_ms": round((hashing.finished - hashing.started) * 1000, 1),
+            "load_ms": round((time.perf_counter() - hashed) * 1000, 1),
             "checked_at": stamp(),
         }
     finally:
-        pinned.close()
+        hashing.close()
 
 
 def _stamps(root: Path, rels: list[str]) -> dict[str, Stamp | None]:

@@ -20,12 +20,19 @@ from starlette.responses import JSONResponse
 from autoglm.api.admin_authz import check as _check
 from autoglm.api.admin_authz import ctx as _ctx
 from autoglm.api.body import blocking, json_body
-from autoglm.pipeline.schemas import parse
 from autoglm.errors import InvalidRequestError, NotFoundError
+from autoglm.pipeline.schemas import parse
 from autoglm.security.policy import Resource, parse_policy
 from autoglm.store.directory import Directory, view
-from autoglm.store.models import ApiKey, Principal, Project, RoleBinding, Tenant, valid_id
-
+from autoglm.store.models import (
+    ROLES,
+    ApiKey,
+    Principal,
+    Project,
+    RoleBinding,
+    Tenant,
+    valid_id,
+)
 
 MAX_HOURS = 24 * 366 * 10  # ten years: the longest expiry or grace period accepted
 ModelName = Annotated[str, Field(min_length=1, max_length=256)]
@@ -60,7 +67,8 @@ class PrincipalIn(BaseModel):
 
 class BindingIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    role: str
+    # the roles a binding may name, described in /openapi.json; the directory checks them
+    role: str = Field(json_schema_extra={"enum": [r for r in ROLES if r != "platform_admin"]})
     project_id: str | None = None
 
 

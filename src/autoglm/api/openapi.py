@@ -13,16 +13,32 @@ from starlette.responses import JSONResponse
 
 from autoglm import __version__
 from autoglm.api import identity
+from autoglm.api.openapi_links import links, success_status
 from autoglm.pipeline.schemas import ChatCompletionRequest, CompletionRequest
 from autoglm.settings import InstanceSpec
 
 BODIES: dict[str, type[BaseModel]] = {
-    "create_tenant": identity.TenantIn, "create_project": identity.ProjectIn,
+    "create_tenant": identity.TenantIn, "set_grant": identity.GrantIn,
+    "create_project": identity.ProjectIn,
     "update_project": identity.ProjectPatch, "create_principal": identity.PrincipalIn,
     "create_binding": identity.BindingIn, "create_key": identity.KeyIn,
     "rotate_key": identity.RotateIn, "add_instance": InstanceSpec,
     "chat_completions": ChatCompletionRequest, "completions": CompletionRequest,
 }
+
+# bodies that are text, not JSON: a policy file (YAML) to check
+TEXT_BODIES = frozenset({"validate_policy"})
+
+# keyset-paginated lists (``api/identity.py``): ``?limit=`` and ``?after=``
+PAGED = frozenset({"list_tenants", "list_projects", "list_principals", "list_keys"})
+PAGE_PARAMS = (
+    {"name": "limit", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
+    {"name": "after", "in": "query", "required": False,
+     "schema": {"type": "string", "description": "last_id of the previous page"}},
+)
+
+DESCRIBED = {"200": "OK", "201": "Created"}
 
 ERROR = {"type": "object", "properties": {"error": {"type": "object", "properties": {
     "message": {"type": "string"}, "type": {"type": "string"},
@@ -30,32 +46,45 @@ ERROR = {"type": "object", "properties": {"error": {"type": "object", "propertie
 
 
 def build(routes: Sequence[Any]) -> dict[str, Any]:
-    """From the route table (``api/routes.py``)."""
+    """From the route table (``api/routes.py``), with links between operations
+    (``api/openapi_links.py``)."""
     paths: dict[str, dict[str, Any]] = {}
+    ops: dict[str, dict[str, Any]] = {}
+    path_params: dict[str, list[str]] = {}
     schemas: dict[str, Any] = {"Error": ERROR}
     for method, path, endpoint, action, *_ in routes:
         oa_path = re.sub(r"\{(\w+)(:\w+)?\}", r"{\1}", path)
         doc = inspect.getdoc(endpoint) or endpoint.__name__.replace("_", " ")
+        name = endpoint.__name__
+        path_params[name] = re.findall(r"\{(\w+)\}", oa_path)
+        ok = success_status(name)
         op: dict[str, Any] = {
-            "operationId": endpoint.__name__, "summary": doc.splitlines()[0],
+            "operationId": name, "summary": doc.splitlines()[0],
             "parameters": [{"name": p, "in": "path", "required": True,
-                            "schema": {"type": "string"}}
-                           for p in re.findall(r"\{(\w+)\}", oa_path)],
+                            "schema": {"type": "string"}} for p in path_params[name]],
             "responses": {"default": {"description": "OpenAI-shaped error", "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-                "200": {"description": "OK"}},
+                ok: {"description": DESCRIBED[ok]}},
         }
+        if name in PAGED:
+            op["parameters"] += PAGE_PARAMS
         if action is not None:
             op["security"] = [{"bearer": []}]
             op["x-autoglm-action"] = action
-        body = BODIES.get(endpoint.__name__)
+        body = BODIES.get(name)
         if body is not None:
             schema = body.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(schema.pop("$defs", {}))
             schemas[body.__name__] = schema
             op["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": {"$ref": f"#/components/schemas/{body.__name__}"}}}}
-        paths.setdefault(oa_path, {})[method.lower()] = op
+        elif name in TEXT_BODIES:
+            op["requestBody"] = {"required": True, "content": {"text/plain": {
+                "schema": {"type": "string"}}}}
+        paths.setdefault(oa_path, {})[method.lower()] = ops[name] = op
+    for producer, found in links(path_params).items():
+        op = ops[producer]
+        op["responses"][success_status(producer)]["links"] = found
     return {
         "openapi": "3.1.0",
         "info": {"title": "Open-AutoGLM", "version": __version__},

@@ -9,8 +9,14 @@ spawning it to its first answer to ``{"op": "hello"}`` on its Unix socket, in al
 rounds with the order rotated, and reports medians:
 
 - ``without check``: no ``--sha256`` (``model_trust: any``): llama.cpp maps the file (mmap).
-- ``with check``: ``--sha256 HEX --size N``: the engine hashes the file through an open
-  fd, then loads it through ``/proc/self/fd/N`` with mmap off (``supply/integrity.py``).
+- ``with check``: ``--sha256 HEX --size N --header-bytes B --header-sha256 H``, what a
+  registered GGUF gets under ``model_trust: verified``: the engine checks the GGUF header
+  (all llama.cpp parses), then loads the tensor data through ``/proc/self/fd/N`` with mmap
+  off while the whole file's hash, begun at process start, completes
+  (``supply/integrity.py``).
+- ``check, hash first``: ``--sha256 HEX --size N`` only (``model_trust: signed``, the
+  bundled model, or a manifest without a header hash): the whole file is hashed before
+  the load starts.
 - ``mmap off, no check``: the same worker with mmap off and no hash, through a shim in
   this script that only changes ``load_weights``' default (``src/`` is unchanged). It
   separates the cost of hashing from the cost of reading the weights instead of mapping.
@@ -45,12 +51,14 @@ from pathlib import Path
 from typing import Any
 
 from autoglm.engine.catalog import embedded_model_path
-from autoglm.supply.manifest import sha256_file
+from autoglm.supply.manifest import gguf_header, sha256_file
 
 GOAL = 1.15
 LLAMA_MAX_LAYERS = 512  # llama.cpp's fixed limit (llama-hparams.h)
-WITHOUT, WITH, NOMMAP = "without check", "with check", "mmap off, no check"
-VARIANTS = (WITHOUT, WITH, NOMMAP)
+WITHOUT, WITH, FIRST, NOMMAP = ("without check", "with check", "check, hash first",
+                                "mmap off, no check")
+VARIANTS = (WITHOUT, WITH, FIRST, NOMMAP)
+CHECKED = (WITH, FIRST)
 WORKER = [sys.executable, "-m", "autoglm.engine.llamacpp.worker"]
 # The worker as it is, with mmap off by default: LlamaModel calls model.load_weights.
 NOMMAP_WORKER = [sys.executable, "-c", (
@@ -258,20 +266,26 @@ def measure(model: Path, label: str, rounds: int, tmp: Path, cold: bool) -> dict
         t0 = time.perf_counter()
         sha256_file(model)
         cold_read_ms = (time.perf_counter() - t0) * 1e3
-    commands = {WITHOUT: (WORKER, []), WITH: (WORKER, ["--sha256", digest, "--size", str(size)]),
-                NOMMAP: (NOMMAP_WORKER, [])}
+    header = gguf_header(model)
+    if header is None:
+        raise SystemExit(f"error: {model} has no GGUF header this bench can read")
+    checked = ["--sha256", digest, "--size", str(size)]
+    commands = {WITHOUT: (WORKER, []),
+                WITH: (WORKER, [*checked, "--header-bytes", str(header["bytes"]),
+                                "--header-sha256", header["sha256"]]),
+                FIRST: (WORKER, checked), NOMMAP: (NOMMAP_WORKER, [])}
     Engine(WORKER, model, tmp, []).start().stop()  # uncounted: imports and libraries cached
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     for r in range(rounds):
-        order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
+        order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
         for variant in order:
             command, extra = commands[variant]
             engine = Engine(command, model, tmp, extra, cold).start()
             verified = engine.stop()
             checked = engine.hello.get("integrity")
-            if (variant == WITH) != bool(checked):
+            if (variant in CHECKED) != bool(checked):
                 raise SystemExit(f"error: {variant}: the engine reported integrity {checked!r}")
-            if variant == WITH and checked.get("sha256") != digest:
+            if variant in CHECKED and checked.get("sha256") != digest:
                 raise SystemExit("error: the engine hashed another digest")
             runs[variant].append({"round": r, "ready_ms": round(engine.ready_ms, 1),
                                   "cpu_ms": round(engine.cpu_ms, 1),
@@ -289,18 +303,19 @@ def measure(model: Path, label: str, rounds: int, tmp: Path, cold: bool) -> dict
         "median_ms": {v: statistics.median(ms[v]) for v in VARIANTS},
         "best_ms": {v: min(ms[v]) for v in VARIANTS},
         "median_cpu_ms": {v: statistics.median(x["cpu_ms"] for x in runs[v]) for v in VARIANTS},
-        "hash_ms": statistics.median(x["hash_ms"] for x in runs[WITH]),
-        "load_ms": statistics.median(x["load_ms"] for x in runs[WITH]),
+        "hash_ms": {v: statistics.median(x["hash_ms"] for x in runs[v]) for v in CHECKED},
+        "load_ms": {v: statistics.median(x["load_ms"] for x in runs[v]) for v in CHECKED},
         "runs": runs,
     }
-    for name, base in (("vs_without", WITHOUT), ("vs_mmap_off", NOMMAP)):
-        ratios = [w / b for w, b in zip(ms[WITH], ms[base])]
-        added = [w - b for w, b in zip(ms[WITH], ms[base])]
-        cpu = [w["cpu_ms"] / c["cpu_ms"] for w, c in zip(runs[WITH], runs[base])]
+    for name, top, base in (("vs_without", WITH, WITHOUT), ("vs_mmap_off", WITH, NOMMAP),
+                            ("hash_first_vs_without", FIRST, WITHOUT)):
+        ratios = [w / b for w, b in zip(ms[top], ms[base])]
+        added = [w - b for w, b in zip(ms[top], ms[base])]
+        cpu = [w["cpu_ms"] / c["cpu_ms"] for w, c in zip(runs[top], runs[base])]
         out[name] = {"ratio": statistics.median(ratios), "added_ms": statistics.median(added),
                      "cpu_ratio": statistics.median(cpu),
-                     "ratio_of_bests": out["best_ms"][WITH] / out["best_ms"][base],
-                     "ratio_of_medians": out["median_ms"][WITH] / out["median_ms"][base],
+                     "ratio_of_bests": out["best_ms"][top] / out["best_ms"][base],
+                     "ratio_of_medians": out["median_ms"][top] / out["median_ms"][base],
                      "ratios": [round(x, 4) for x in ratios]}
     return out
 
@@ -315,7 +330,7 @@ def report(results: list[dict[str, Any]], rounds: int) -> None:
         for i, v in enumerate(VARIANTS):
             name = res["model"] if i == 0 else ""
             size = f"{res['bytes'] / MIB:.0f} MiB" if i == 0 else ""
-            extra = (f"{res['hash_ms']:>9.0f}{res['load_ms']:>9.0f}" if v == WITH
+            extra = (f"{res['hash_ms'][v]:>9.0f}{res['load_ms'][v]:>9.0f}" if v in CHECKED
                      else f"{'':>9}{'':>9}")
             print(f"{name:<34}{size:>9}  {v:<20}{res['median_ms'][v]:>10.0f}"
                   f"{res['best_ms'][v]:>9.0f}"
@@ -328,6 +343,9 @@ def report(results: list[dict[str, Any]], rounds: int) -> None:
               f"{verdict} (goal <= {GOAL:.2f}), best {a['ratio_of_bests']:.3f}, CPU "
               f"{a['cpu_ratio']:.3f}; with check/mmap off {b['ratio']:.3f} (+{b['added_ms']:.0f} "
               f"ms), best {b['ratio_of_bests']:.3f}, CPU {b['cpu_ratio']:.3f}")
+        c = res["hash_first_vs_without"]
+        print(f"  {FIRST} (under model_trust: signed, or without a header hash): "
+              f"{c['ratio']:.3f} (+{c['added_ms']:.0f} ms)")
     print(f"Spawn to first hello answer, {rounds} alternating rounds. Ratios and added ms: "
           "medians of per-round pairs; best: ratio of the fastest runs; CPU: the engine's "
           "CPU time, median of per-round ratios.")

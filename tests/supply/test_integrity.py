@@ -77,6 +77,27 @@ def test_bytes_that_do_not_hash_right_are_never_parsed(tmp_path) -> None:
     assert calls == []
 
 
+def test_with_a_header_hash_the_header_is_checked_before_anything_is_parsed(tmp_path) -> None:
+    path = tmp_path / "m.bin"
+    path.write_bytes(b"H" * 100 + b"D" * 10_000)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    head = (100, hashlib.sha256(b"H" * 100).hexdigest())
+    loaded, record = load_verified(path, digest, 10_100, _read, lambda _: None, header=head)
+    assert loaded == path.read_bytes() and record["header_first"] is True
+    calls: list = []
+    with pytest.raises(IntegrityError, match="header"):  # the parsed part differs: no load
+        load_verified(path, digest, 10_100, calls.append, calls.append,
+                      header=(100, hashlib.sha256(b"X" * 100).hexdigest()))
+    assert calls == []
+    with path.open("r+b") as fh:  # the data differs: loaded beside the hash, then refused
+        fh.seek(5000)
+        fh.write(b"E")
+    unloaded: list = []
+    with pytest.raises(IntegrityError, match="SHA-256 is"):
+        load_verified(path, digest, 10_100, _read, unloaded.append, header=head)
+    assert len(unloaded) == 1
+
+
 @pytest.fixture
 def signed_model(tmp_path: Path) -> dict:
     model = tmp_path / "smol"
@@ -138,3 +159,30 @@ def test_every_other_file_is_hashed_at_load(signed_model) -> None:
     (signed_model["dir"] / "config.json").write_text("[]")  # same size, other bytes
     with pytest.raises(ConfigError, match="config.json does not hash"):
         create_app(signed_model["settings"])
+
+
+async def test_a_registered_gguf_checks_its_header_first_and_is_refused_when_either_changed(
+        tmp_path: Path) -> None:
+    from autoglm.supply.gguf_header import header_size
+
+    model = tmp_path / "smol"
+    model.mkdir()
+    gguf = model / "smol.Q4_1.gguf"
+    shutil.copyfile(embedded_model_path(), gguf)
+    entry = Registry(tmp_path / "d").add(model, "smol")
+    with gguf.open("rb") as fh:
+        n = header_size(fh)
+    assert entry["manifest"]["files"][0]["header"]["bytes"] == n
+    settings = make_settings(tmp_path / "d", model="smol")
+    async for client in start_app(settings):
+        load = (await client.get("/v1/models/smol")).json()["verification"]["load"]
+        assert load["header_first"] is True and load["checked_at"]
+    _flip_one_byte(gguf, n + 4096)  # tensor data
+    with pytest.raises(BaseException, match="SHA-256 is"):
+        async for _ in start_app(settings):
+            pass
+    _flip_one_byte(gguf, n + 4096)  # as it was
+    _flip_one_byte(gguf, n // 2)  # the header: refused before llama.cpp reads it
+    with pytest.raises(BaseException, match="header"):
+        async for _ in start_app(settings):
+            pass

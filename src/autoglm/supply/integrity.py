@@ -6,7 +6,13 @@ then reads the same open file through ``/proc/self/fd/N``, so a file renamed or 
 at its path after the check is never the one loaded. A write into the file itself (same
 inode) changes its ``ctime``, which no user can set back (so does unlinking or renaming
 over it): the file's identity and timestamps are compared after the load, and any change
-refuses the model; the next start checks whatever the path names then. Hashing comes
+refuses the model; the next start checks whatever the path names then.
+
+For a GGUF file whose manifest records its header's hash (``supply/gguf_header.py``),
+the header, all that the loader parses, is checked first; the tensor data, which the
+loader only copies, is then loaded while the whole file's hash is still being computed,
+and the model is refused and unloaded if that hash differs. The engine serves nothing
+before both checks pass. Hashing comes
 before the loader parses a single byte, so a tampered file never reaches llama.cpp's
 parser.
 """
@@ -116,13 +122,28 @@ class StartedHash:
         self.pinned.close()
 
 
+def _read_at(fd: int, n: int, offset: int = 0) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        chunk = os.pread(fd, min(CHUNK * 16, n - got), offset + got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
 def load_verified(source: Path | StartedHash, sha256: str, size: int | None,
-                  load: Callable[[str], T],
-                  unload: Callable[[T], None]) -> tuple[T, dict[str, Any]]:
+                  load: Callable[[str], T], unload: Callable[[T], None],
+                  header: tuple[int, str] | None = None) -> tuple[T, dict[str, Any]]:
     """Hash the file (``source``: a path, or a hash already under way), then ``load`` it
     through the same open file; refuse (IntegrityError) when the bytes differ from
-    ``sha256`` or the file changed between the hash and the end of the load. Returns what
-    ``load`` gave and a record of the check."""
+    ``sha256`` or the file changed between the hash and the end of the load.
+
+    ``header`` (length, SHA-256 of a GGUF file's header, from the manifest): everything
+    the loader parses is checked first, then the tensor data is loaded while the whole
+    file's hash is still being computed, and the model is refused (unloaded) if that hash
+    differs. Returns what ``load`` gave and a record of the check."""
     hashing = source if isinstance(source, StartedHash) else StartedHash(source)
     pinned, path = hashing.pinned, hashing.pinned.path
     try:
@@ -130,13 +151,26 @@ def load_verified(source: Path | StartedHash, sha256: str, size: int | None,
             raise IntegrityError(
                 f"refusing {path}: it is {pinned.before.size} bytes, the verified file has "
                 f"{size} (the file was changed)")
-        digest = hashing.digest()
-        if digest != sha256:
-            raise IntegrityError(
-                f"refusing {path}: its SHA-256 is {digest[:16]}…, the verified file's is "
-                f"{sha256[:16]}… (the file was changed); run `autoglm model verify`")
+        changed = "(the file was changed); run `autoglm model verify`"
+        if header is None:
+            digest = hashing.digest()
+            if digest != sha256:
+                raise IntegrityError(f"refusing {path}: its SHA-256 is {digest[:16]}…, the "
+                                     f"verified file's is {sha256[:16]}… {changed}")
+        else:
+            n, expected = header
+            head = hashlib.sha256(_read_at(pinned.fd, n)).hexdigest()
+            if head != expected:
+                raise IntegrityError(f"refusing {path}: the SHA-256 of its header (what "
+                                     f"llama.cpp parses) differs from the verified one {changed}")
         hashed = time.perf_counter()
         loaded = load(pinned.load_path)
+        if header is not None:
+            digest = hashing.digest()
+            if digest != sha256:
+                unload(loaded)
+                raise IntegrityError(f"refusing {path}: its SHA-256 is {digest[:16]}…, the "
+                                     f"verified file's is {sha256[:16]}… {changed}")
         if not pinned.unchanged():
             unload(loaded)
             raise IntegrityError(f"refusing {path}: the file was written or replaced while it "
@@ -146,6 +180,7 @@ def load_verified(source: Path | StartedHash, sha256: str, size: int | None,
             "bytes": pinned.before.size,
             "hash_ms": round((hashing.finished - hashing.started) * 1000, 1),
             "load_ms": round((time.perf_counter() - hashed) * 1000, 1),
+            "header_first": header is not None,
             "checked_at": stamp(),
         }
     finally:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoglm.supply.gguf_header import NotGguf, header_size
 from autoglm.timefmt import stamp
 
 CHUNK = 1 << 20  # 1 MiB reads: large enough that per-call overhead vanishes
@@ -55,12 +56,37 @@ def _rel(root: Path, path: Path) -> str:
     return path.name if root.is_file() else path.relative_to(root).as_posix()
 
 
+def gguf_header(path: Path) -> dict[str, Any] | None:
+    """A GGUF file's header (what llama.cpp parses): its length and SHA-256, so the load
+    can check it first and copy the tensor data while the whole file is still being hashed
+    (``supply/integrity.py``). None for other files."""
+    if path.suffix != ".gguf":
+        return None
+    try:
+        with path.open("rb") as fh:
+            n = header_size(fh)
+            fh.seek(0)
+            data = fh.read(n)
+    except (OSError, NotGguf):
+        return None
+    if len(data) != n:
+        return None
+    return {"bytes": n, "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def file_entry(root: Path, path: Path, sha256: str, size: int) -> dict[str, Any]:
+    entry: dict[str, Any] = {"path": _rel(root, path), "size": size, "sha256": sha256}
+    header = gguf_header(path)
+    if header is not None:
+        entry["header"] = header
+    return entry
+
+
 def build(root: Path, *, source: str = "local", revision: str | None = None,
           progress: Progress | None = None) -> dict[str, Any]:
     files = []
     for path in model_files(root):
-        files.append({"path": _rel(root, path), "size": path.stat().st_size,
-                      "sha256": sha256_file(path, progress)})
+        files.append(file_entry(root, path, sha256_file(path, progress), path.stat().st_size))
     return {"version": MANIFEST_VERSION, "created_at": stamp(),
             "source": source, "revision": revision, "files": files,
             "total_size": sum(f["size"] for f in files)}

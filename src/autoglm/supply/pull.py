@@ -25,7 +25,6 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
@@ -43,6 +42,7 @@ from autoglm.supply import manifest as mf
 from autoglm.supply.hubs import RemoteFile, Snapshot, hub_for
 from autoglm.supply.registry import Registry
 from autoglm.supply.transfer import Backoff, fetch, git_blob_sha1
+from autoglm.timefmt import stamp
 
 STATE_VERSION = 1
 log = logging.getLogger("autoglm.pull")
@@ -259,9 +259,9 @@ class Puller:
         for path in mf.model_files(staging):  # leftovers of an older run are not the model
             if path.relative_to(staging).as_posix() not in listed:
                 path.unlink()
-        manifest = {"version": mf.MANIFEST_VERSION, "created_at": datetime.now(UTC).isoformat(),
+        manifest = {"version": mf.MANIFEST_VERSION, "created_at": stamp(),
                     "source": source, "revision": snap.commit,
-                    "files": [{"path": p, "size": d["size"], "sha256": d["sha256"]}
+                    "files": [mf.file_entry(staging, staging / p, d["sha256"], d["size"])
                               for p, d in sorted(listed.items())],
                     "total_size": sum(d["size"] for d in listed.values())}
         if unhashed:  # their SHA-256 was computed here: the hub vouched for nothing

@@ -116,8 +116,13 @@ def _from_registry(registry: Registry, path: Path, policy: str,
                 raise ConfigError(
                     f"refusing {path}: {rel} does not hash to its manifest's SHA-256 (the "
                     f"file was changed); run `autoglm model verify {entry['name']}`")
-        state["load"] = {"sha256": listed[loaded_rel]["sha256"],
-                         "bytes": listed[loaded_rel]["size"]}
+        f = listed[loaded_rel]
+        state["load"] = {"sha256": f["sha256"], "bytes": f["size"]}
+        # The header's hash (checked first; the data then loads beside the whole hash) is
+        # the manifest's word, which a signature does not cover: under `signed`, the whole
+        # file is hashed before anything is parsed.
+        if f.get("header") and policy != "signed":
+            state["load"]["header"] = f["header"]
     else:  # a directory another program loads: hashed before each start (tree())
         state["load"] = {"bytes": sum(f["size"] for f in listed.values())}
     return state

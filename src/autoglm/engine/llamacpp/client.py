@@ -79,7 +79,11 @@ class LlamaCppEngine:
         load = (verification or {}).get("load") or {}
         if not load.get("sha256"):
             return []
-        return ["--sha256", load["sha256"], "--size", str(load["bytes"])]
+        args = ["--sha256", load["sha256"], "--size", str(load["bytes"])]
+        header = load.get("header")
+        if header:
+            args += ["--header-bytes", str(header["bytes"]), "--header-sha256", header["sha256"]]
+        return args
 
     def _record_integrity(self, hello: dict) -> None:
         """What the engine checked at its last load, and when: /readyz and /v1/models."""

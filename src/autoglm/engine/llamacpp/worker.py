@@ -52,7 +52,8 @@ async def serve(args: argparse.Namespace, hashing: StartedHash | None = None) ->
     if hashing is not None:  # the trust policy asked: the loaded bytes are the hashed bytes
         weights, integrity = load_verified(
             hashing, args.sha256, args.size, lambda src: load_weights(src, mmap=False),
-            free_weights)
+            free_weights, header=((args.header_bytes, args.header_sha256)
+                                  if args.header_sha256 else None))
         model = LlamaModel(path, config, weights=weights)
         log.info("model verified at load", extra={"model_id": args.model_id, **integrity})
     else:
@@ -91,6 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--default-max-tokens", type=int, required=True)
     p.add_argument("--sha256", default="", help="refuse the model unless its bytes hash to this")
     p.add_argument("--size", type=int, default=None)
+    p.add_argument("--header-bytes", type=int, default=0)
+    p.add_argument("--header-sha256", default="",
+                   help="the GGUF header's hash: checked first, then the data is loaded while "
+                        "the whole file is still being hashed")
     p.add_argument("--parent-pid", type=int, default=os.getppid())
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)

@@ -8,6 +8,7 @@ they never carry stack traces, secrets, or internal addresses.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -120,6 +121,17 @@ class InvalidRequestError(AutoGLMError):
     type = "invalid_request_error"
 
 
+class PiiBlockedError(InvalidRequestError):
+    """A text held personal data of a category the policy blocks."""
+
+    code = "pii_blocked"
+
+    def __init__(self, categories: Sequence[str]) -> None:
+        self.categories = tuple(categories)
+        super().__init__(f"the text contains personal data this deployment does not accept "
+                         f"({', '.join(self.categories)}); remove it and send the request again")
+
+
 class ContextLengthError(InvalidRequestError):
     code = "context_length_exceeded"
 
@@ -214,6 +226,13 @@ class StorageFullError(AutoGLMError):
 
     status = 507
     code = "insufficient_storage"
+
+
+class AuditError(AutoGLMError):
+    """An audit record that cannot be stored, or an audit log that cannot take records
+    (the database is unreachable for too long, or the log is closed)."""
+
+    code = "audit_error"
 
 
 class HubError(AutoGLMError):

@@ -192,6 +192,34 @@ class Settings(BaseSettings):
         "Unset: SQLite (WAL) at data_dir/autoglm.db.",
     )
 
+    # --- audit (autoglm.audit) ------------------------------------------------------------
+    audit_flush_ms: int = Field(
+        10, ge=0, le=1000, description="Longest a queued audit record (an inference request's) "
+        "waits for its group commit, in milliseconds; 0: committed as soon as the writer can.")
+    audit_strict: bool = Field(
+        False, description="Every response waits until its audit record is committed, so a "
+        "crash can lose none (slower). Off: inference records are group-committed within "
+        "audit_flush_ms; admin acts and refusals are always committed before the response.")
+    audit_queue_max: int = Field(
+        100_000, ge=100, le=10_000_000, description="Audit records waiting for their commit "
+        "at most; beyond it a request waits for room (audit_submit_timeout_s), never dropping "
+        "a record.")
+    audit_submit_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Longest a request waits for room in a full audit "
+        "queue (or, with audit_strict, for its commit) before it fails with an error.")
+    audit_checkpoint_every: int = Field(
+        10_000, ge=1, description="Audit records between two signed checkpoints of the "
+        "chain's head (data_dir/audit/checkpoints.jsonl); they catch a cut-off tail.")
+    audit_checkpoint_s: float = Field(
+        60.0, gt=0, description="Seconds between two signed checkpoints when fewer than "
+        "audit_checkpoint_every records came (none while the chain does not move).")
+    audit_syslog: bool = Field(
+        False, description="Also send every audit checkpoint to syslog (/dev/log), so a copy "
+        "is kept off the host where syslog forwards it.")
+    audit_fold_s: float = Field(
+        1.0, gt=0, le=3600, description="Identical refusals (same actor, key, client, action "
+        "and status) within this many seconds are folded into one audit record with a count.")
+
     policy_file: Path | None = Field(
         None, description="Authorization policy (YAML, role x action x scope); reloaded when it "
         "changes. Unset: the built-in default policy.",
@@ -307,6 +335,17 @@ class Settings(BaseSettings):
     log_prompts: bool = Field(
         False, description="Log prompt and answer text. Off by default: they may hold PII."
     )
+
+    # --- privacy (autoglm.privacy) ----------------------------------------------------------
+    pii_actions: dict[str, Literal["allow", "mask", "block"]] = Field(
+        default_factory=lambda: {"default": "mask"},
+        description="What the PII guard does with each category of personal data in prompts "
+        "and answers: allow, mask (138****5678) or block (a 400 naming the category). Keys: "
+        "cn_id, cn_mobile, bank_card, cn_uscc, email, ipv4, ipv6, passport, and 'default' "
+        "for the rest.")
+    pii_tenant_actions: dict[str, dict[str, Literal["allow", "mask", "block"]]] = Field(
+        default_factory=dict,
+        description="Per tenant id, actions that replace pii_actions' for that tenant's callers.")
 
     # --- where the settings came from (not itself a setting) -----------------------------
     config_file: Path | None = Field(

@@ -28,10 +28,12 @@ def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standin]:
 @pytest.fixture(scope="module")
 async def both(tmp_path_factory: pytest.TempPathFactory,
                standin: Standin) -> AsyncIterator[tuple[AppClient, RewriteStage]]:
+    # The PII guard off: these tests compare answers chunk by chunk with the upstream's,
+    # and the guard re-cuts chunks where a value may continue (tests/pipeline/test_guard.py)
     settings = make_settings(tmp_path_factory.mktemp("pipeline"), grpc_port=0, models=[
         {"id": MODEL, "engine": "llamacpp"},
         {"id": UPSTREAM, "engine": "openai", "instances": [{"url": standin.url}]},
-    ])
+    ], pii_actions={"default": "allow"})
     stage = RewriteStage()
     app = create_app(settings, extra_stages={"admission": [stage]})
     async with LifespanManager(app, startup_timeout=120, shutdown_timeout=30):

@@ -30,6 +30,7 @@ from autoglm.errors import AutoGLMError, ConfigError
 from autoglm.pipeline.service import InferenceService
 from autoglm.pipeline.stage import Stage
 from autoglm.pipeline.stages import StageDeps, build_stages
+from autoglm.pipeline.stages.guard import PiiGuards
 from autoglm.security.access import Authorizer
 from autoglm.security.auth import bootstrap
 from autoglm.security.policy import PolicyStore
@@ -111,7 +112,9 @@ def create_app(
     authz = Authorizer(PolicyStore(settings.policy_file), db)
     service = InferenceService(build_stages(
         StageDeps(auth=auth, authz=authz, engines=engine_map, metrics=metrics,
-                  log_prompts=settings.log_prompts), extra_stages))
+                  log_prompts=settings.log_prompts,
+                  guards=PiiGuards(settings.pii_actions, settings.pii_tenant_actions)),
+        extra_stages))
     routes = [Route(r.path, r.endpoint, methods=[r.method]) for r in ROUTES]
     middleware = []
     if settings.cors_allow_origins:  # outermost, so preflights need no key

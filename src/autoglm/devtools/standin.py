@@ -104,8 +104,8 @@ class Standin:
                 "usage": {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}}
         return b"data: " + orjson.dumps(body) + b"\n\n"
 
-    def chunk(self, i: int, last: bool) -> bytes:
-        delta = {} if last else {"content": f"tok{i} "}
+    def chunk(self, i: int, last: bool, text: str | None = None) -> bytes:
+        delta = {} if last else {"content": f"tok{i} " if text is None else text}
         body = {"id": "chatcmpl-standin", "object": "chat.completion.chunk", "created": 0,
                 "model": "standin", "system_fingerprint": self.name,
                 "choices": [{"index": 0, "delta": delta,
@@ -214,6 +214,13 @@ async def _complete(st: Standin, body: bytes, writer: asyncio.StreamWriter,
     stream = b'"stream":true' in compact
     usage = b'"include_usage":true' in compact
     rich = conf.get("answer") == "rich"
+    say = conf.get("say")  # an answer text of the test's choosing, streamed in small pieces
+    if say and not stream:
+        answer = orjson.loads(st._json)
+        answer["choices"][0]["message"]["content"] = say
+        data = orjson.dumps(answer)
+        writer.write(_head(200, served, len(data)) + data)
+        return True
     if not stream:
         data = st.rich_json() if rich else st._json
         writer.write(_head(200, served, len(data)) + data)
@@ -222,6 +229,10 @@ async def _complete(st: Standin, body: bytes, writer: asyncio.StreamWriter,
                              "transfer-encoding": "chunked"}, None))
     n = int(conf["chunks"])
     chunks = st.rich_chunks(usage) if rich else [st.chunk(i, i == n) for i in range(n + 1)]
+    if say:
+        size = int(conf.get("say_chunk") or 3)
+        pieces = [say[i:i + size] for i in range(0, len(say), size)]
+        chunks = [st.chunk(0, False, text) for text in pieces] + [st.chunk(0, True)]
     if usage and not rich:
         chunks.append(st.usage_chunk(n))
     for i, data in enumerate(chunks):

@@ -1,8 +1,8 @@
 """The stages of every inference request, in order, in one place.
 
 Each stage is a module with a small contract (``pipeline/stage.py``). Stages still to
-come take their place in this list when they exist (limits after authorize; input guard
-and cache before admission; output guard after the engine): a module and one line.
+come take their place in this list when they exist (limits after authorize; the cache
+before admission): a module and one line.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from autoglm.pipeline.stages.accounting import Accounting
 from autoglm.pipeline.stages.admission import Admission
 from autoglm.pipeline.stages.authenticate import Authenticate
 from autoglm.pipeline.stages.authorize import Authorize
+from autoglm.pipeline.stages.guard import GuardInput, GuardOutput, PiiGuards
 from autoglm.pipeline.stages.prompt_log import PromptLog
 from autoglm.pipeline.stages.validate import Validate
 
@@ -29,6 +30,7 @@ class StageDeps:
     engines: dict[str, Any]
     metrics: Metrics
     log_prompts: bool
+    guards: PiiGuards
 
 
 def build_stages(deps: StageDeps, extra: dict[str, list[Stage]] | None = None) -> list[Stage]:
@@ -38,9 +40,11 @@ def build_stages(deps: StageDeps, extra: dict[str, list[Stage]] | None = None) -
         Authenticate(deps.auth),
         Authorize(deps.authz, deps.engines),
         Validate(),
+        GuardInput(deps.guards),
         *([PromptLog()] if deps.log_prompts else []),
         Admission(),
         EngineStage(),
+        GuardOutput(deps.guards),
         Accounting(deps.metrics),
     ]
     for before_name, inserted in (extra or {}).items():

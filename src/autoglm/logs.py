@@ -2,7 +2,8 @@
 
 The request id lives in a ``ContextVar`` so every line logged while serving a request
 carries it, whichever module logs. Prompt and answer text are never passed to the
-logger unless ``log_prompts`` is on.
+logger unless ``log_prompts`` is on. Every line, whatever logged it (ours, a library's,
+a traceback), passes the PII guard with every category masked before it is written.
 """
 
 from __future__ import annotations
@@ -24,10 +25,17 @@ _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"me
 
 class JsonFormatter(logging.Formatter):
     def __init__(self, component: str) -> None:
+        from autoglm.privacy import GuardPolicy, PiiGuard
+
         super().__init__()
         self.component = component
         self._second = -1
         self._stamp = ""
+        # logs keep no personal data, whatever a tenant's policy lets through to a model
+        self._guard = PiiGuard(GuardPolicy(default="mask"))
+
+    def masked(self, line: str) -> str:
+        return self._guard.apply(line).text
 
     def _ts(self, created: float, msecs: float) -> str:
         second = int(created)
@@ -50,7 +58,7 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
+        return self.masked(orjson.dumps(out, default=str).decode())
 
 
 class BatchingStreamHandler(logging.Handler):
@@ -93,6 +101,8 @@ class BatchingStreamHandler(logging.Handler):
                              "component": component, "msg": msg,
                              "request_id": request_id_var.get(), **fields},
                             default=str).decode()
+        if isinstance(formatter, JsonFormatter):
+            line = formatter.masked(line)
         self._add(line, urgent=False)
 
     def _add(self, line: str, urgent: bool) -> None:

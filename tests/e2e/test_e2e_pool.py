@@ -212,7 +212,9 @@ def test_stream_is_passed_through_incrementally(pool) -> None:
                     arrivals.append(time.monotonic() - t0)
     finally:
         ups["solo"].control(chunk_delay_ms=0, chunks=8)
-    assert len(arrivals) == 5
+    # 4 content chunks and the last; the PII guard may cut one more where a value could
+    # continue ("tok3 " ends in a digit and a space, as a phone number's groups do)
+    assert 5 <= len(arrivals) <= 6
     # the upstream spends ~1 s sending; the first chunk arrives long before the last
     assert arrivals[0] < 0.6 and arrivals[-1] - arrivals[0] > 0.6
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]

@@ -32,6 +32,8 @@ def test_revocation_reaches_the_other_replica_within_5_s(tmp_path: Path) -> None
         try:
             with a.client(auth=True) as http:
                 t = http.post("/admin/v1/tenants", json={"name": "t"}).json()
+                http.put(f"/admin/v1/tenants/{t['id']}/models",
+                         json={"models": ["m"]}).raise_for_status()
                 p = http.post(f"/admin/v1/tenants/{t['id']}/projects",
                               json={"name": "p", "allowed_models": ["m"]}).json()
                 prn = http.post(f"/admin/v1/tenants/{t['id']}/principals",

@@ -30,7 +30,7 @@ def sse(data: dict[str, Any]) -> bytes:
 
 
 class OpenAIEncoder:
-    __slots__ = ("chat", "include_usage", "_id", "created", "model", "object")
+    __slots__ = ("chat", "include_usage", "_id", "created", "model", "object", "fingerprint")
 
     def __init__(self, req: InferenceRequest, answer: Answer) -> None:
         self.chat = req.kind == "chat"
@@ -38,6 +38,7 @@ class OpenAIEncoder:
         self.model = answer.ctx.model
         self.created = int(time.time())
         self._id: str | None = None  # made when first needed: upstream answers have theirs
+        self.fingerprint: str | None = None
         self.object = "chat.completion.chunk" if self.chat else "text_completion"
 
     @property
@@ -69,7 +70,8 @@ class OpenAIEncoder:
             choice = {"index": ev.index, "text": ev.text, "logprobs": None,
                       "finish_reason": ev.finish_reason}
         return {"id": self.id, "object": self.object, "created": self.created,
-                "model": self.model, "system_fingerprint": None, "choices": [choice]}
+                "model": self.model, "system_fingerprint": self.fingerprint,
+                "choices": [choice]}
 
     def _adopt(self, raw: dict[str, Any]) -> None:
         """Chunks we make later (held text released by a stage) match the upstream's."""
@@ -79,6 +81,8 @@ class OpenAIEncoder:
             self.created = raw["created"]
         if isinstance(raw.get("model"), str):
             self.model = raw["model"]
+        if isinstance(raw.get("system_fingerprint"), str):  # chunks a stage adds match it
+            self.fingerprint = raw["system_fingerprint"]
 
     def usage_chunk(self, fin: Finished) -> dict[str, Any]:
         if fin.raw is not None and "usage" in fin.raw and "choices" in fin.raw:

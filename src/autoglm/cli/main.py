@@ -13,6 +13,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from autoglm import __version__
+from autoglm.cli.audit import audit_app
 from autoglm.cli.bundle import bundle_app
 from autoglm.cli.identity import keys_app, principals_app, projects_app, tenants_app
 from autoglm.cli.model import model_app
@@ -30,6 +31,7 @@ app.add_typer(principals_app, name="principals")
 app.add_typer(keys_app, name="keys")
 app.add_typer(model_app, name="model")
 app.add_typer(bundle_app, name="bundle")
+app.add_typer(audit_app, name="audit")
 
 ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="YAML settings file.", exists=False)

@@ -129,10 +129,10 @@ async def test_only_platform_admins_manage_engines(world) -> None:
     client, k = world["client"], world["keys"]
     r = await client.http.get("/admin/v1/engines", headers=auth(k["tadmin"]))
     assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied"
-    from autoglm.store.models import AuditEvent
+    from autoglm.store.models import AuditRecord
 
     with client.app.state.db.session() as s:
-        last = s.query(AuditEvent).order_by(AuditEvent.seq.desc()).first()
+        last = s.query(AuditRecord).order_by(AuditRecord.seq.desc()).first()
     assert (last.action, last.decision, last.status, last.actor) == (
         "engine.read", "deny", 403, world["ids"]["tadmin"])
     assert (await client.get("/admin/v1/engines")).status_code == 200  # the platform admin

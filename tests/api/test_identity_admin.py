@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from autoglm.api.routes import ROUTES
-from autoglm.store.models import AuditEvent
+from autoglm.store.models import AuditRecord
 from tests.conftest import MODEL, make_settings, pg_database, start_app
 
 pytestmark = pytest.mark.model
@@ -131,7 +131,7 @@ async def test_every_admin_act_is_audited(setup) -> None:
     await client.http.post(f"/admin/v1/tenants/{t['id']}/projects", json={"name": "x"},
                            headers=bearer(setup["keys"]["bank/admin"]))  # denied
     with client.app.state.db.session() as s:
-        events = s.query(AuditEvent).order_by(AuditEvent.seq).all()
+        events = s.query(AuditRecord).order_by(AuditRecord.seq).all()
     acts = [(e.action, e.decision) for e in events]
     assert ("tenant.create", "allow") in acts and ("key.create", "allow") in acts
     assert ("binding.create", "allow") in acts and ("project.create", "deny") in acts
@@ -422,9 +422,9 @@ async def test_a_tenant_uses_only_the_models_granted_to_it(setup) -> None:
     assert await usable({**admin, "OpenAI-Project": proj["id"]}) == (404, [])
     assert await usable(admin) == (404, [])
     with client.app.state.db.session() as s:
-        acts = [(e.decision, e.detail.get("granted_models")) for e in s.query(AuditEvent)
-                .filter(AuditEvent.resource == tid, AuditEvent.action == "tenant.grant")
-                .order_by(AuditEvent.seq)]
+        acts = [(e.decision, e.detail.get("granted_models")) for e in s.query(AuditRecord)
+                .filter(AuditRecord.resource == tid, AuditRecord.action == "tenant.grant")
+                .order_by(AuditRecord.seq)]
     assert acts == [("deny", None), ("allow", [MODEL]), ("allow", [])]
     bad = await http.put(f"/admin/v1/tenants/{tid}/models", json={"models": "all"},
                          headers=client.auth)

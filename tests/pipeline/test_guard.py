@@ -13,6 +13,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from autoglm.api.app import create_app
+from autoglm.audit import AuditLog
 from autoglm.pipeline.context import RequestContext
 from autoglm.pipeline.request import InferenceRequest
 from autoglm.pipeline.stage import Stage
@@ -47,7 +48,9 @@ async def guarded(tmp_path_factory: pytest.TempPathFactory,
     base = make_settings(data)
     db = Database(database_url(base))
     db.upgrade()
-    strict = Directory(db).create_tenant(Act("test", None), "strict").id
+    audit = AuditLog.from_settings(base, db)
+    strict = Directory(db, audit).create_tenant(Act("test", None), "strict").id
+    audit.close()
     db.close()
     settings = make_settings(data, models=[
         {"id": MODEL, "engine": "llamacpp"},

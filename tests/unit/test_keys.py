@@ -86,8 +86,6 @@ def test_a_weak_admin_key_is_refused(tmp_path) -> None:
 
 
 async def test_changing_the_admin_key_revokes_the_previous_one_and_is_audited(tmp_path) -> None:
-    from autoglm.store.directory import Directory
-
     first, second = ENV_KEY, "second-env-secret-0123456789abcdef-0123"
     db = _db(Settings(data_dir=tmp_path))
     bootstrap(Settings(data_dir=tmp_path, admin_key=first), lambda k, w: None, db)
@@ -95,8 +93,14 @@ async def test_changing_the_admin_key_revokes_the_previous_one_and_is_audited(tm
     assert (await auth.authenticate(f"Bearer {second}")).id == "prn_platform_admin"
     with pytest.raises(AuthenticationError):
         await auth.authenticate(f"Bearer {first}")
-    actions = [e.action for e in Directory(db).events()]
-    assert "admin_key.create" in actions and "admin_key.replace" in actions
+    from autoglm.audit import AuditPaths, verify
+
+    with db.session() as s:
+        from autoglm.store.models import AuditRecord
+
+        actions = [r.action for r in s.query(AuditRecord).order_by(AuditRecord.seq)]
+    assert actions == ["admin_key.create", "admin_key.replace"]
+    assert verify(db, AuditPaths.under(tmp_path)).intact
     with db.session() as s:
         from sqlalchemy import select
 

@@ -22,7 +22,8 @@ from autoglm.store.models import valid_id
 def ctx(request: Request) -> tuple[Any, Directory, Act]:
     rc = request.scope["state"]["ctx"]
     identity = rc.identity
-    return identity, request.app.state.directory, Act(identity.id, rc.request_id)
+    return identity, request.app.state.directory, Act(
+        identity.id, rc.request_id, getattr(identity, "key_id", None), rc.client)
 
 
 def check(request: Request, action: str, tenant_id: str | None,

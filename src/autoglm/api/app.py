@@ -24,6 +24,7 @@ from autoglm.api.errors import raise_routing_error
 from autoglm.api.metrics import Metrics
 from autoglm.api.middleware import GatewayMiddleware
 from autoglm.api.routes import ROUTES, RouteTable
+from autoglm.audit import AuditLog
 from autoglm.engine.base import Engine
 from autoglm.engine.factory import build_engines
 from autoglm.errors import AutoGLMError, ConfigError
@@ -66,7 +67,9 @@ def create_app(
     db = Database(database_url(settings))
     if primary:
         db.upgrade()  # migrations are applied at every start
-    auth = bootstrap(settings, announce or _log_announce, db, generate=make_admin_key)
+    audit = AuditLog.from_settings(settings, db)  # the one append point of every record
+    auth = bootstrap(settings, announce or _log_announce, db, generate=make_admin_key,
+                     audit=audit)
     metrics = Metrics()
     # Unix socket paths are limited to ~100 bytes: keep them short, private and per-app.
     # The directory is made (0700, must not exist yet) and removed by the lifespan.
@@ -107,13 +110,19 @@ def create_app(
                                      return_exceptions=True)
             finally:
                 shutil.rmtree(run_dir, ignore_errors=True)
+                try:  # every queued record committed before the database goes
+                    await asyncio.to_thread(audit.close)
+                except AutoGLMError as exc:
+                    log.error("audit records could not be committed at shutdown",
+                              extra={"reason": exc.message})
                 db.close()
 
     authz = Authorizer(PolicyStore(settings.policy_file), db)
     service = InferenceService(build_stages(
         StageDeps(auth=auth, authz=authz, engines=engine_map, metrics=metrics,
                   log_prompts=settings.log_prompts,
-                  guards=PiiGuards(settings.pii_actions, settings.pii_tenant_actions)),
+                  guards=PiiGuards(settings.pii_actions, settings.pii_tenant_actions),
+                  audit=audit),
         extra_stages))
     routes = [Route(r.path, r.endpoint, methods=[r.method]) for r in ROUTES]
     middleware = []
@@ -140,6 +149,7 @@ def create_app(
     app.state.authz = authz
     app.state.service = service
     app.state.db = db
-    app.state.directory = Directory(db)
+    app.state.audit = audit
+    app.state.directory = Directory(db, audit)
     app.state.openapi = openapi.build(ROUTES)
     return app

@@ -15,10 +15,11 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy import select
 
+from autoglm.audit import AuditLog
 from autoglm.errors import AuthenticationError, ConfigError
 from autoglm.security import keys
-from autoglm.security.keystore import Binding, Identity, KeyService
 from autoglm.security.failures import AuthFailures
+from autoglm.security.keystore import Binding, Identity, KeyService
 from autoglm.settings import MIN_ADMIN_KEY_CHARS, Settings
 from autoglm.store.db import Database
 from autoglm.store.directory import Act, Directory
@@ -99,10 +100,10 @@ ENV_KEY_NAME = "AUTOGLM_ADMIN_KEY"
 
 
 def _replace_env_key(service: KeyService, db: Database, admin: str, secret: str,
-                     existing: Sequence[ApiKey]) -> None:
+                     existing: Sequence[ApiKey], audit: AuditLog) -> None:
     """A new AUTOGLM_ADMIN_KEY: registered, and the one it replaces revoked, both audited
     (the actor is the bootstrap, not a person)."""
-    directory = Directory(db)
+    directory = Directory(db, audit)
     act = Act("bootstrap", None)
     _, record = service.create(admin, name=ENV_KEY_NAME, secret=secret)
     replaced = [k for k in existing if k.name == ENV_KEY_NAME and k.revoked_at is None]
@@ -116,7 +117,8 @@ def _replace_env_key(service: KeyService, db: Database, admin: str, secret: str,
 
 
 def bootstrap(settings: Settings, announce: Callable[[str, str], None],
-              db: Database, generate: bool = True) -> Authenticator:
+              db: Database, generate: bool = True,
+              audit: AuditLog | None = None) -> Authenticator:
     """The authenticator; on first start, an admin key generated and announced once
     (not when ``generate`` is false: nobody would see it).
 
@@ -145,7 +147,13 @@ def bootstrap(settings: Settings, announce: Callable[[str, str], None],
     if settings.admin_key is not None:
         secret = settings.admin_key.get_secret_value()
         if keys.hash_key(pepper, secret) not in known:
-            _replace_env_key(service, db, admin, secret, admin_keys)
+            own = audit is None
+            log_ = audit if audit is not None else AuditLog.from_settings(settings, db)
+            try:
+                _replace_env_key(service, db, admin, secret, admin_keys, log_)
+            finally:
+                if own:
+                    log_.close()
         return Authenticator(service, failures)
     if admin_keys:
         return Authenticator(service, failures)

@@ -1,7 +1,8 @@
 """Tenants, projects, principals and role bindings: reads and writes, each write audited.
 
-Every change and its audit event are committed in one transaction, so an acknowledged
-admin act always has its record. Listing is keyset-paginated by id.
+Every change and its audit record (the tamper-evident chain, ``autoglm.audit``) are
+committed in one transaction, so an acknowledged admin act always has its record. Listing
+is keyset-paginated by id.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from autoglm.audit import AuditLog, Record
 from autoglm.errors import InvalidRequestError, NotFoundError
 from autoglm.store.db import Database
 from autoglm.store.models import (
     ROLES,
     ApiKey,
-    AuditEvent,
+    AuditRecord,
     Base,
     Principal,
     Project,
@@ -39,6 +41,14 @@ class Act:
 
     actor: str
     request_id: str | None
+    key_id: str | None = None
+    client: str | None = None
+
+    def record(self, action: str, resource: str, tenant: str | None, decision: str = "allow",
+               status: int = 200, detail: dict[str, Any] | None = None) -> Record:
+        return Record(action=action, decision=decision, status=status, actor=self.actor,
+                      key_id=self.key_id, tenant_id=tenant, resource=resource,
+                      client_addr=self.client, request_id=self.request_id, detail=detail or {})
 
 
 def view(row: Base) -> dict[str, Any]:
@@ -52,8 +62,11 @@ def view(row: Base) -> dict[str, Any]:
 
 
 class Directory:
-    def __init__(self, db: Database) -> None:
+    """``audit``: the one append point; every change commits with its record."""
+
+    def __init__(self, db: Database, audit: AuditLog) -> None:
         self.db = db
+        self.audit = audit
 
     # --- reads --------------------------------------------------------------------------------
     def get(self, model: type[M], id_: str) -> M:
@@ -86,10 +99,9 @@ class Directory:
     # --- writes (each with its audit event) ------------------------------------------------
     def _commit(self, s: Session, act: Act, action: str, resource: str, tenant: str | None,
                 detail: dict[str, Any] | None = None) -> None:
-        s.add(AuditEvent(actor=act.actor, tenant_id=tenant, action=action, resource=resource,
-                         decision="allow", status=200, request_id=act.request_id,
-                         detail=detail or {}))
         try:
+            s.flush()  # a duplicate name is the caller's 400, found before the record is made
+            self.audit.append([act.record(action, resource, tenant, detail=detail)], session=s)
             s.commit()
         except IntegrityError:
             s.rollback()
@@ -185,15 +197,13 @@ class Directory:
             self._commit(s, act, "binding.delete", b.id, b.tenant_id)
             return b
 
-    @staticmethod
-    def audited(act: Act, action: str, tenant: str | None,
+    def audited(self, act: Act, action: str, tenant: str | None,
                 detail: dict[str, Any] | None = None) -> Any:
-        """A hook for the key service: the audit event joins the key change's transaction."""
+        """A hook for the key service: the audit record joins the key change's transaction."""
 
         def add(s: Session, key: ApiKey) -> None:
-            s.add(AuditEvent(actor=act.actor, tenant_id=tenant, action=action, resource=key.id,
-                             decision="allow", status=200, request_id=act.request_id,
-                             detail=detail or {}))
+            s.flush()
+            self.audit.append([act.record(action, key.id, tenant, detail=detail)], session=s)
 
         return add
 
@@ -208,14 +218,12 @@ class Directory:
 
     def _record(self, act: Act, action: str, resource: str, tenant: str | None, decision: str,
                 status: int, detail: dict[str, Any]) -> None:
-        with self.db.session() as s, s.begin():
-            s.add(AuditEvent(actor=act.actor, tenant_id=tenant, action=action, resource=resource,
-                             decision=decision, status=status, request_id=act.request_id,
-                             detail=detail))
+        """Durable before the answer is sent (admin acts and refusals)."""
+        self.audit.append([act.record(action, resource, tenant, decision, status, detail)])
 
-    def events(self, *, tenant_id: str | None = None, limit: int = 100) -> list[AuditEvent]:
+    def events(self, *, tenant_id: str | None = None, limit: int = 100) -> list[AuditRecord]:
         with self.db.session() as s:
-            q = select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(limit)
+            q = select(AuditRecord).order_by(AuditRecord.seq.desc()).limit(limit)
             if tenant_id is not None:
-                q = q.where(AuditEvent.tenant_id == tenant_id)
+                q = q.where(AuditRecord.tenant_id == tenant_id)
             return list(s.scalars(q))

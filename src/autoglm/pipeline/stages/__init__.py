@@ -14,6 +14,7 @@ from autoglm.api.metrics import Metrics
 from autoglm.pipeline.stage import EngineStage, Stage
 from autoglm.pipeline.stages.accounting import Accounting
 from autoglm.pipeline.stages.admission import Admission
+from autoglm.pipeline.stages.audit import Audit
 from autoglm.pipeline.stages.authenticate import Authenticate
 from autoglm.pipeline.stages.authorize import Authorize
 from autoglm.pipeline.stages.guard import GuardInput, GuardOutput, PiiGuards
@@ -31,6 +32,7 @@ class StageDeps:
     metrics: Metrics
     log_prompts: bool
     guards: PiiGuards
+    audit: Any  # audit.AuditLog
 
 
 def build_stages(deps: StageDeps, extra: dict[str, list[Stage]] | None = None) -> list[Stage]:
@@ -46,6 +48,7 @@ def build_stages(deps: StageDeps, extra: dict[str, list[Stage]] | None = None) -
         EngineStage(),
         GuardOutput(deps.guards),
         Accounting(deps.metrics),
+        Audit(deps.audit),
     ]
     for before_name, inserted in (extra or {}).items():
         names = [s.name for s in stages]

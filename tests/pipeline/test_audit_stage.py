@@ -1,0 +1,56 @@
+"""Every inference request leaves one audit record (refusals folded per interval), on the
+real model and a stand-in upstream, and the chain verifies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from autoglm.audit import AuditPaths, verify
+from autoglm.store.models import AuditRecord
+from tests.conftest import MODEL, AppClient
+from tests.pipeline.conftest import UPSTREAM
+from tests.pipeline.stages import RewriteStage
+
+pytestmark = pytest.mark.model
+
+
+def chat(model: str, **kw: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3,
+            **kw}
+
+
+async def test_one_record_per_request_refusals_folded(both: tuple[AppClient, RewriteStage]
+                                                      ) -> None:
+    api, _ = both
+    app = api.app
+    audit = app.state.audit
+    audit.flush()
+    with app.state.db.session() as s:
+        start = s.scalar(select(AuditRecord.seq).order_by(AuditRecord.seq.desc()).limit(1)) or 0
+    ids = []
+    for model, stream in ((MODEL, False), (MODEL, True), (UPSTREAM, False), (UPSTREAM, True)):
+        r = await api.post("/v1/chat/completions", chat(model, stream=stream))
+        assert r.status_code == 200
+        ids.append(r.headers["x-request-id"])
+    refused = [await api.http.post("/v1/chat/completions", json=chat(MODEL),
+                                   headers={"Authorization": "Bearer " + "n" * 40})
+               for _ in range(5)]
+    assert {r.status_code for r in refused} == {401}
+    audit.flush()
+    with app.state.db.session() as s:
+        rows = s.scalars(select(AuditRecord).where(AuditRecord.seq > start)
+                         .order_by(AuditRecord.seq)).all()
+    served = {r.request_id: r for r in rows if r.action == "inference" and r.decision == "allow"}
+    assert set(ids) <= set(served)
+    for rid in ids:
+        rec = served[rid]
+        assert rec.actor == "prn_platform_admin" and rec.key_id and rec.status == 200
+        assert rec.completion_tokens and rec.prompt_tokens and rec.latency_ms > 0
+    denials = [r for r in rows if r.action == "inference" and r.decision == "deny"]
+    assert denials and all(r.status == 401 for r in denials)
+    assert sum(r.count for r in denials) <= 5  # folded: the rest is counted at the interval
+    report = verify(app.state.db, AuditPaths.under(app.state.settings.data_dir))
+    assert report.intact, report.fault

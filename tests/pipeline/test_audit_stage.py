@@ -54,3 +54,22 @@ async def test_one_record_per_request_refusals_folded(both: tuple[AppClient, Rew
     assert sum(r.count for r in denials) <= 5  # folded: the rest is counted at the interval
     report = verify(app.state.db, AuditPaths.under(app.state.settings.data_dir))
     assert report.intact, report.fault
+
+
+async def test_failed_authentication_at_the_edge_is_recorded_and_folded(
+        both: tuple[AppClient, RewriteStage]) -> None:
+    api, _ = both
+    app = api.app
+    app.state.audit.flush()
+    with app.state.db.session() as s:
+        start = s.scalar(select(AuditRecord.seq).order_by(AuditRecord.seq.desc()).limit(1)) or 0
+    for _ in range(4):
+        r = await api.http.get("/admin/v1/tenants", headers={"Authorization": "Bearer " + "z" * 40})
+        assert r.status_code == 401
+    app.state.audit.flush()
+    with app.state.db.session() as s:
+        rows = s.scalars(select(AuditRecord).where(AuditRecord.seq > start,
+                                                   AuditRecord.action == "authenticate")).all()
+    assert len(rows) == 1  # the first at once; the other three counted at the interval's end
+    assert (rows[0].decision, rows[0].status, rows[0].resource) == ("deny", 401,
+                                                                    "/admin/v1/tenants")

@@ -134,7 +134,7 @@ def create_app(
     middleware.append(Middleware(GatewayMiddleware, auth=auth, metrics=metrics,
                                  routes=RouteTable(ROUTES),
                                  max_body_bytes=settings.max_body_bytes,
-                                 tls=settings.tls_enabled))
+                                 tls=settings.tls_enabled, audit=audit))
     app = Starlette(
         routes=routes,
         middleware=middleware,

@@ -27,7 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from autoglm.api.errors import error_body, error_headers, to_error
 from autoglm.api.metrics import Metrics
 from autoglm.api.routes import RouteTable
-from autoglm.errors import PayloadTooLargeError
+from autoglm.audit import AuditLog, Record
+from autoglm.errors import AuthenticationError, AutoGLMError, PayloadTooLargeError
 from autoglm.logs import AccessLog, request_id_var
 from autoglm.pipeline.context import RequestContext
 from autoglm.security.auth import Authenticator
@@ -84,9 +85,11 @@ async def _drain(receive: Receive) -> None:
 
 class GatewayMiddleware:
     def __init__(self, app: ASGIApp, *, auth: Authenticator, metrics: Metrics,
-                 routes: RouteTable, max_body_bytes: int, tls: bool = False) -> None:
+                 routes: RouteTable, max_body_bytes: int, tls: bool = False,
+                 audit: AuditLog | None = None) -> None:
         self.app = app
         self.auth = auth
+        self.audit = audit  # failed authentication at the edge is recorded (folded)
         self.metrics = metrics
         self.routes = routes
         self.max_body = max_body_bytes
@@ -131,7 +134,11 @@ class GatewayMiddleware:
                 raise PayloadTooLargeError(
                     f"Request body is {int(length)} bytes; the limit is {self.max_body} bytes.")
             if self.routes.edge_authenticated(scope["path"]):
-                ctx.identity = await self.auth.authenticate(credentials, ctx.client)
+                try:
+                    ctx.identity = await self.auth.authenticate(credentials, ctx.client)
+                except AuthenticationError as exc:
+                    self._refused(scope, ctx, exc)
+                    raise
             await self.app(scope, self._limited(receive), send_wrapper)
         except Exception as exc:  # noqa: BLE001 - the one place errors become responses
             err = to_error(exc)
@@ -146,6 +153,20 @@ class GatewayMiddleware:
         finally:
             self._account(scope, ctx, status_box[0], started)
             request_id_var.reset(token)
+
+    def _refused(self, scope: Scope, ctx: RequestContext, exc: AutoGLMError) -> None:
+        """A failed authentication: one audit record, identical ones folded per interval
+        (queued: a flood of bad keys costs no commit each)."""
+        if self.audit is None:
+            return
+        try:
+            self.audit.record_refusal(Record(
+                action="authenticate", decision="deny", status=exc.status,
+                resource=self.routes.label(scope["path"]), client_addr=ctx.client,
+                request_id=ctx.request_id, detail={"method": scope.get("method")}),
+                durable=False)
+        except AutoGLMError as err:
+            log.error("an audit record could not be queued", extra={"reason": err.message})
 
     def _limited(self, receive: Receive) -> Receive:
         seen = [0]

@@ -73,3 +73,22 @@ async def test_failed_authentication_at_the_edge_is_recorded_and_folded(
     assert len(rows) == 1  # the first at once; the other three counted at the interval's end
     assert (rows[0].decision, rows[0].status, rows[0].resource) == ("deny", 401,
                                                                     "/admin/v1/tenants")
+
+
+async def test_model_loads_and_policy_reloads_are_recorded(
+        both: tuple[AppClient, RewriteStage], tmp_path) -> None:
+    api, _ = both
+    app = api.app
+    with app.state.db.session() as s:
+        loads = {r.resource: r for r in s.scalars(
+            select(AuditRecord).where(AuditRecord.action == "model.load"))}
+    assert {MODEL, UPSTREAM} <= set(loads)
+    assert loads[MODEL].decision == "allow"
+    assert loads[MODEL].detail["verification"]["verified"] is True  # what the trust check found
+    store = app.state.authz.policy
+    store.on_reload(False, "bad.yaml: not valid YAML")  # what a refused reload reports
+    app.state.audit.flush()
+    with app.state.db.session() as s:
+        last = s.scalars(select(AuditRecord).where(AuditRecord.action == "policy.reload")
+                         .order_by(AuditRecord.seq.desc())).first()
+    assert (last.decision, last.detail) == ("error", {"error": "bad.yaml: not valid YAML"})

@@ -114,3 +114,17 @@ def test_policy_values_are_strict_and_depth_is_bounded() -> None:
     deep = "version: 1\nroles: " + "[" * 1000 + "]" * 1000 + "\n"
     with pytest.raises(ValueError, match="nested"):
         parse_policy(deep, "p")
+
+
+def test_every_reload_is_reported_applied_or_refused(tmp_path) -> None:
+    from autoglm.security.policy import DEFAULT_POLICY, PolicyStore
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(DEFAULT_POLICY.read_text())
+    told: list[tuple[bool, str | None]] = []
+    store = PolicyStore(path, check_interval_s=0, on_reload=lambda ok, err: told.append((ok, err)))
+    path.write_text("version: 1\nroles: {nobody: []}\n")
+    assert store.reload() is False
+    path.write_text(DEFAULT_POLICY.read_text())
+    assert store.reload() is True
+    assert told[0][0] is False and "unknown role" in told[0][1] and told[1] == (True, None)

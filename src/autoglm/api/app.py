@@ -24,7 +24,7 @@ from autoglm.api.errors import raise_routing_error
 from autoglm.api.metrics import Metrics
 from autoglm.api.middleware import GatewayMiddleware
 from autoglm.api.routes import ROUTES, RouteTable
-from autoglm.audit import AuditLog
+from autoglm.audit import AuditLog, Record
 from autoglm.engine.base import Engine
 from autoglm.engine.factory import build_engines
 from autoglm.errors import AutoGLMError, ConfigError
@@ -74,9 +74,17 @@ def create_app(
     # Unix socket paths are limited to ~100 bytes: keep them short, private and per-app.
     # The directory is made (0700, must not exist yet) and removed by the lifespan.
     run_dir = Path(tempfile.gettempdir()) / f"autoglm-{os.getpid()}-{secrets.token_hex(4)}"
-    engine_map: dict[str, Engine] = (
-        engines if engines is not None else build_engines(settings, run_dir)
-    )
+    try:
+        engine_map: dict[str, Engine] = (
+            engines if engines is not None else build_engines(settings, run_dir)
+        )
+    except ConfigError as exc:  # a model refused by the trust policy, among others
+        audit.append([Record(action="model.load", decision="deny", status=None,
+                             resource=str(settings.model_path or settings.model or ""),
+                             detail={"reason": exc.message[:500]})])
+        audit.close()
+        db.close()
+        raise
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -86,7 +94,14 @@ def create_app(
             try:
                 await asyncio.gather(*(e.start() for e in engine_map.values()))
             except (AutoGLMError, RuntimeError, OSError) as exc:
+                await asyncio.to_thread(audit.append, [Record(
+                    action="model.load", decision="deny", resource=",".join(engine_map),
+                    detail={"reason": str(exc)[:500]})])
                 raise ConfigError(f"engine failed to start: {exc}") from exc
+            await asyncio.to_thread(audit.append, [  # what each model proved as it loaded
+                Record(action="model.load", resource=model, model=model,
+                       detail={"verification": e.model.verification or {}})
+                for model, e in engine_map.items()])
             if settings.grpc_port is not None:  # gRPC beside REST, over the same service
                 from autoglm.rpc.server import RpcServer  # grpc is loaded only when used
 
@@ -117,7 +132,12 @@ def create_app(
                               extra={"reason": exc.message})
                 db.close()
 
-    authz = Authorizer(PolicyStore(settings.policy_file), db)
+    def policy_reloaded(applied: bool, error: str | None) -> None:  # queued: never blocks
+        audit.submit(Record(action="policy.reload", decision="allow" if applied else "error",
+                            resource=str(settings.policy_file or "default"),
+                            detail={"error": error} if error else {}))
+
+    authz = Authorizer(PolicyStore(settings.policy_file, on_reload=policy_reloaded), db)
     service = InferenceService(build_stages(
         StageDeps(auth=auth, authz=authz, engines=engine_map, metrics=metrics,
                   log_prompts=settings.log_prompts,

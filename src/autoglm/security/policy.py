@@ -18,6 +18,7 @@ import fnmatch
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -125,9 +126,13 @@ class PolicyStore:
     """The policy in force; ``current()`` rereads the file when its mtime/size changed
     (looked at no more than once per ``check_interval_s``)."""
 
-    def __init__(self, path: Path | None, check_interval_s: float = 1.0) -> None:
+    def __init__(self, path: Path | None, check_interval_s: float = 1.0,
+                 on_reload: Callable[[bool, str | None], None] | None = None) -> None:
+        """``on_reload(applied, error)``: told of every reload, applied or refused (the
+        audit trail)."""
         self.path = path or DEFAULT_POLICY
         self.check_interval_s = check_interval_s
+        self.on_reload = on_reload
         self._checked = time.monotonic()
         self._stamp: tuple[float, int] | None = None
         self._policy = parse_policy(self.path.read_text(encoding="utf-8"), str(self.path))
@@ -159,6 +164,7 @@ class PolicyStore:
             self.last_error = f"{self.path}: file removed; keeping the last good policy"
             log.error("policy file removed; the last good policy stays in force",
                       extra={"path": str(self.path)})
+            self._tell(False, self.last_error)
             return False
         try:
             policy = parse_policy(text, str(self.path))
@@ -166,11 +172,20 @@ class PolicyStore:
             self.last_error = str(exc)
             log.error("policy file rejected; the last good policy stays in force",
                       extra={"path": str(self.path), "reason": str(exc)})
+            self._tell(False, str(exc))
             return False
         self._policy = policy
         self.last_error = None
         log.info("policy reloaded", extra={"path": str(self.path)})
+        self._tell(True, None)
         return True
+
+    def _tell(self, applied: bool, error: str | None) -> None:
+        if self.on_reload is not None:
+            try:
+                self.on_reload(applied, error)
+            except Exception:  # noqa: BLE001 - a reload must not fail because of its record
+                log.exception("the policy reload could not be recorded")
 
 
 MODEL_ACTIONS = frozenset({"inference", "model.list"})  # bounded by the project's model list

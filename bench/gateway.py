@@ -359,7 +359,9 @@ def check_answer(name: str, stream: bool, data: bytes, chunks: int) -> Any:
     events = [ln for ln in data.split(b"\n") if ln.startswith(b"data:")]
     if not events or events[-1].strip() != b"data: [DONE]":
         raise RuntimeError(f"{name} stream did not end with [DONE]: {data[-300:]!r}")
-    if len(events) != chunks + 2:  # content chunks + final chunk + [DONE]
+    # content chunks + final chunk + [DONE]; through the gateway the PII guard may release
+    # text it held back (a value could have continued) in one more chunk before the last
+    if not chunks + 2 <= len(events) <= chunks + 3:
         raise RuntimeError(f"{name} stream had {len(events)} events, expected {chunks + 2}")
     return len(events)
 

@@ -61,6 +61,11 @@ class JsonFormatter(logging.Formatter):
         return self.masked(orjson.dumps(out, default=str).decode())
 
 
+# Access-line fields whose values the server makes itself (never a caller's text): the
+# fast path masks every other string field, not the whole line.
+OWN_FIELDS = frozenset({"method", "principal", "transport"})
+
+
 class BatchingStreamHandler(logging.Handler):
     """Writes lines in batches: at once for warnings and errors, otherwise within
     ``interval_s`` of the first line of a batch (a timer on the event loop of the thread
@@ -97,12 +102,16 @@ class BatchingStreamHandler(logging.Handler):
         now = time.time()
         stamp = formatter._ts(now, (now % 1) * 1000) if isinstance(formatter, JsonFormatter) \
             else str(now)
+        rid = request_id_var.get()
+        if isinstance(formatter, JsonFormatter):  # only what a caller could have put there
+            fields = {k: formatter.masked(v) if isinstance(v, str) and k not in OWN_FIELDS
+                      else v for k, v in fields.items()}
+            if rid is not None and not rid.startswith("req_"):  # a client's X-Request-ID
+                rid = formatter.masked(rid)
         line = orjson.dumps({"ts": stamp, "level": "info", "logger": logger,
                              "component": component, "msg": msg,
-                             "request_id": request_id_var.get(), **fields},
+                             "request_id": rid, **fields},
                             default=str).decode()
-        if isinstance(formatter, JsonFormatter):
-            line = formatter.masked(line)
         self._add(line, urgent=False)
 
     def _add(self, line: str, urgent: bool) -> None:

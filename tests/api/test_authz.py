@@ -132,7 +132,8 @@ async def test_only_platform_admins_manage_engines(world) -> None:
     from autoglm.store.models import AuditRecord
 
     with client.app.state.db.session() as s:
-        last = s.query(AuditRecord).order_by(AuditRecord.seq.desc()).first()
+        last = (s.query(AuditRecord).filter(AuditRecord.action == "engine.read")
+                .order_by(AuditRecord.seq.desc()).first())
     assert (last.action, last.decision, last.status, last.actor) == (
         "engine.read", "deny", 403, world["ids"]["tadmin"])
     assert (await client.get("/admin/v1/engines")).status_code == 200  # the platform admin

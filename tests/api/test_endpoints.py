@@ -151,7 +151,9 @@ async def test_logs_are_json_with_request_id_and_no_prompt_text(api: AppClient) 
     answer = resp.json()["choices"][0]["message"]["content"]
     records = [json.loads(line) for line in lines]
     access = [r for r in records if r["msg"] == "request"]
-    assert access and access[-1]["request_id"] == "trace-42" and access[-1]["status"] == 200
+    assert access and access[-1]["status"] == 200
+    assert access[-1]["request_id"] == resp.headers["x-request-id"]
+    assert access[-1]["client_request_id"] == "trace-42"
     blob = "\n".join(lines)
     assert secret not in blob
     assert answer.strip() == "" or answer not in blob

@@ -166,11 +166,15 @@ async def test_completions_errors(api: AppClient) -> None:
     assert_openai_error(resp, 400, param="prompt")
 
 
-async def test_request_id_is_echoed_or_made(api: AppClient) -> None:
-    resp = await api.get("/v1/models", headers={"X-Request-ID": "abc-123"})
-    assert resp.headers["x-request-id"] == "abc-123"
+async def test_the_server_makes_its_request_id_and_keeps_the_clients_beside(
+        api: AppClient) -> None:
+    for header in ("X-Request-ID", "X-Client-Request-Id"):
+        resp = await api.get("/v1/models", headers={header: "abc-123"})
+        assert resp.headers["x-request-id"].startswith("req_")
+        assert resp.headers["x-client-request-id"] == "abc-123"
     resp = await api.get("/v1/models", headers={"X-Request-ID": "bad id\twith junk"})
     assert resp.headers["x-request-id"].startswith("req_")
+    assert "x-client-request-id" not in resp.headers
     resp = await api.http.get("/v1/models")  # errors carry one too
     assert resp.headers["x-request-id"].startswith("req_")
 

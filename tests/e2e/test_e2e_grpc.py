@@ -73,7 +73,8 @@ def test_streamed_chat_with_the_rest_admin_key(srv: ServerProcess,
     call = stub.ChatCompletionStream(chat(), metadata=(*AUTH, ("x-request-id", "grpc-e2e-1")),
                                      timeout=TIMEOUT_S)
     chunks = list(call)
-    assert dict(call.initial_metadata())["x-request-id"] == "grpc-e2e-1"
+    md = dict(call.initial_metadata())
+    assert md["x-client-request-id"] == "grpc-e2e-1" and md["x-request-id"].startswith("req_")
     *answer, last = chunks
     assert answer[0].choices[0].delta.role == "assistant"
     assert answer[-1].choices[0].finish_reason in ("stop", "length")

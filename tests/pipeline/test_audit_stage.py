@@ -92,3 +92,18 @@ async def test_model_loads_and_policy_reloads_are_recorded(
         last = s.scalars(select(AuditRecord).where(AuditRecord.action == "policy.reload")
                          .order_by(AuditRecord.seq.desc())).first()
     assert (last.decision, last.detail) == ("error", {"error": "bad.yaml: not valid YAML"})
+
+
+async def test_the_clients_id_purpose_and_consent_are_recorded(
+        both: tuple[AppClient, RewriteStage]) -> None:
+    api, _ = both
+    r = await api.post("/v1/chat/completions", chat(MODEL), headers={
+        "X-Client-Request-Id": "loan-42", "X-Processing-Purpose": "credit assessment",
+        "X-Consent-Id": "consent-7"})
+    assert r.status_code == 200 and r.headers["x-client-request-id"] == "loan-42"
+    api.app.state.audit.flush()
+    with api.app.state.db.session() as s:
+        rec = s.scalars(select(AuditRecord).where(
+            AuditRecord.request_id == r.headers["x-request-id"])).one()
+    assert (rec.client_request_id, rec.purpose, rec.consent_id) == (
+        "loan-42", "credit assessment", "consent-7")

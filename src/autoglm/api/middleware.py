@@ -38,19 +38,42 @@ log = logging.getLogger("autoglm.access")
 SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def _headers(scope: Scope) -> tuple[str | None, str | None, str | None, str | None]:
-    """(x-request-id, authorization, openai-project, content-length), in one pass."""
-    rid = auth = project = length = None
+class Given:
+    """What the client says about its request, besides the body: all optional."""
+
+    __slots__ = ("request_id", "authorization", "project", "length", "purpose", "consent")
+
+    def __init__(self) -> None:
+        self.request_id = self.authorization = self.project = self.length = None
+        self.purpose = self.consent = None
+
+
+def _headers(scope: Scope) -> Given:
+    """The headers the edge reads, in one pass. The client's own request id comes as
+    ``X-Client-Request-Id`` (OpenAI's name) or ``X-Request-ID``; processing purpose and
+    consent id (GDPR Art. 30) as ``X-Processing-Purpose`` and ``X-Consent-Id``."""
+    g = Given()
     for key, value in scope["headers"]:
         if key == b"authorization":
-            auth = value.decode("latin-1")
+            g.authorization = value.decode("latin-1")
         elif key == b"content-length":
-            length = value.decode("latin-1")
-        elif key == b"x-request-id":
-            rid = value.decode("latin-1")
+            g.length = value.decode("latin-1")
+        elif key in (b"x-client-request-id", b"x-request-id"):
+            if g.request_id is None or key == b"x-client-request-id":
+                g.request_id = value.decode("latin-1")
         elif key == b"openai-project":
-            project = value.decode("latin-1")
-    return rid, auth, project, length
+            g.project = value.decode("latin-1")
+        elif key == b"x-processing-purpose":
+            g.purpose = value.decode("latin-1")
+        elif key == b"x-consent-id":
+            g.consent = value.decode("latin-1")
+    return g
+
+
+def sane(value: str | None, pattern: re.Pattern[str] = re.compile(r"^[\w .:/@-]{1,256}$")
+         ) -> str | None:
+    """A client-supplied label kept as given when it is plain text, else dropped."""
+    return value if value is not None and pattern.match(value) else None
 
 
 LINGER_BYTES = 128 * 1024 * 1024  # read and dropped before a 413, at most
@@ -109,23 +132,26 @@ class GatewayMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        given, credentials, project, length = _headers(scope)
-        if given and SAFE_REQUEST_ID.match(given):
-            rid = given
-        else:
-            rid = f"req_{self.ids.getrandbits(128):032x}"
+        g = _headers(scope)
+        credentials, length = g.authorization, g.length
+        rid = f"req_{self.ids.getrandbits(128):032x}"  # ours, always; the client's beside it
+        theirs = g.request_id if g.request_id and SAFE_REQUEST_ID.match(g.request_id) else None
         token = request_id_var.set(rid)
         peer = scope.get("client")
-        ctx = RequestContext(rid, "http", credentials, project or None,
-                             client=peer[0] if peer else None, started=started)
+        ctx = RequestContext(rid, "http", credentials, g.project or None,
+                             client=peer[0] if peer else None, started=started,
+                             client_request_id=theirs, purpose=sane(g.purpose),
+                             consent_id=sane(g.consent))
         scope.setdefault("state", {})["ctx"] = ctx
         status_box = [0]
-        rid_header = (b"x-request-id", rid.encode())
+        id_headers = [(b"x-request-id", rid.encode())]
+        if theirs is not None:
+            id_headers.append((b"x-client-request-id", theirs.encode()))
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_box[0] = message["status"]
-                message["headers"] = [*message.get("headers", []), rid_header,
+                message["headers"] = [*message.get("headers", []), *id_headers,
                                       *self.always_headers]
             await send(message)
 
@@ -197,4 +223,5 @@ class GatewayMiddleware:
             "model": ctx.model or None,
             "principal": identity.id if identity is not None else None,
             "duration_ms": round(elapsed * 1e3, 2),
+            **({"client_request_id": ctx.client_request_id} if ctx.client_request_id else {}),
         })

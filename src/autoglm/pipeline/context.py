@@ -19,6 +19,9 @@ class RequestContext:
     credentials: str | None = None  # the Authorization value as received; authenticate reads it
     project: str | None = None  # the project the caller names (OpenAI-Project header)
     client: str | None = None  # the caller's network address (limits on failed keys)
+    client_request_id: str | None = None  # the id the client gave its request, if any
+    purpose: str | None = None  # processing purpose the client declared (GDPR Art. 30)
+    consent_id: str | None = None
     identity: Any = None  # security.keystore.Identity once authenticated
     model: str = ""  # the model id, once resolved
     engine: Any = None  # the model's engine, once resolved

@@ -30,7 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from autoglm.api.errors import to_error
-from autoglm.api.middleware import SAFE_REQUEST_ID
+from autoglm.api.middleware import SAFE_REQUEST_ID, sane
 from autoglm.api.models import visible_cards
 from autoglm.engine.base import Delta, Finished
 from autoglm.errors import ConfigError
@@ -102,18 +102,24 @@ class _Call:
         for key, value in context.invocation_metadata() or ():
             if isinstance(value, str):
                 md[key] = value
-        given = md.get("x-request-id")
-        rid = given if given and SAFE_REQUEST_ID.match(given) else rid
+        given = md.get("x-client-request-id") or md.get("x-request-id")
+        theirs = given if given and SAFE_REQUEST_ID.match(given) else None
         self.context = context
         self.route = f"grpc:/{SERVICE}/{method}"
         self.ctx = RequestContext(rid, "grpc", md.get("authorization"),
                                   md.get("openai-project") or None,
-                                  client=_peer_address(context.peer(), fronted))
+                                  client=_peer_address(context.peer(), fronted),
+                                  client_request_id=theirs,
+                                  purpose=sane(md.get("x-processing-purpose")),
+                                  consent_id=sane(md.get("x-consent-id")))
         self.status = 0
         self._token = request_id_var.set(rid)
 
     async def begin(self) -> None:
-        await self.context.send_initial_metadata((("x-request-id", self.ctx.request_id),))
+        ids = [("x-request-id", self.ctx.request_id)]
+        if self.ctx.client_request_id:
+            ids.append(("x-client-request-id", self.ctx.client_request_id))
+        await self.context.send_initial_metadata(tuple(ids))
 
     async def abort(self, exc: Exception) -> NoReturn:
         """End the call with ``exc`` as a status (unexpected errors: logged, INTERNAL)."""

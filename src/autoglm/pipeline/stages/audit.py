@@ -40,6 +40,8 @@ class Audit(Stage):
             key_id=getattr(identity, "key_id", None),
             tenant_id=getattr(identity, "tenant_id", None), project_id=ctx.project,
             resource=ctx.model or "", client_addr=ctx.client, request_id=ctx.request_id,
+            client_request_id=ctx.client_request_id, purpose=ctx.purpose,
+            consent_id=ctx.consent_id,
             model=ctx.model or None, prompt_tokens=ctx.prompt_tokens or None,
             completion_tokens=ctx.completion_tokens or None,
             latency_ms=round((time.perf_counter() - ctx.started) * 1000, 3),

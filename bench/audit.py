@@ -44,7 +44,7 @@ GOAL_P50_MS = 0.05
 
 
 def record(i: int) -> Record:
-    return Record(action="chat.completions", decision="allow", status=200,
+    return Record(action="inference", decision="allow", status=200,
                   actor="prn_6f1c0a2b3d4e5f60", key_id="key_0a1b2c3d4e5f6071",
                   tenant_id="ten_5e6f708192a3b4c5", project_id="prj_a1b2c3d4e5f60718",
                   resource="/v1/chat/completions", client_addr="10.20.30.40",

@@ -199,10 +199,18 @@ EXPECTED = {
     "key.revoke": {"platform_admin", "tenant_admin"},
     "policy.read": {"platform_admin"}, "policy.validate": {"platform_admin"},
     "engine.read": {"platform_admin"}, "engine.write": {"platform_admin"},
+    # a tenant admin reads their own tenant's audit records (named by ?tenant=, QUERY below)
+    "audit.read": {"platform_admin", "tenant_admin"},
+    # usage of a project (named by ?project=): its members and guests read it too
+    "usage.read": {"platform_admin", "tenant_admin", "member", "guest"},
     # /v1: using (and seeing) the project's model
     "inference": {"platform_admin", "tenant_admin", "member"},
     "model.list": {"platform_admin", "tenant_admin", "member", "guest"},
 }
+
+
+# routes that name their tenant or project in the query, not the path: the matrix names it there
+QUERY = {"audit.read": "?tenant={tenant}", "usage.read": "?project={project}"}
 
 
 async def _v1_allowed(http, method: str, path: str, headers: dict) -> tuple[bool, int]:
@@ -266,6 +274,7 @@ async def test_isolation_matrix(setup) -> None:
                        .replace("{principal}", prn["id"]).replace("{binding}", bnd["id"])
                        .replace("{key}", key["id"]).replace("{model}", MODEL)
                        .replace("{name}", "embedded"))
+                url += QUERY.get(action, "").format(tenant=ids[t], project=ids[f"{t}/main"])
                 body: dict = {}
                 if path.endswith(("/tenants", "/projects", "/principals")):
                     body = {"name": f"n-{tag}"}

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from autoglm import __version__
-from autoglm.api import identity
+from autoglm.api import audit, identity, usage
 from autoglm.api.openapi_links import links, success_status
 from autoglm.pipeline.schemas import ChatCompletionRequest, CompletionRequest
 from autoglm.settings import InstanceSpec
@@ -37,6 +37,10 @@ PAGE_PARAMS = (
     {"name": "after", "in": "query", "required": False,
      "schema": {"type": "string", "description": "last_id of the previous page"}},
 )
+
+# other routes' query parameters
+QUERY: dict[str, tuple[dict[str, Any], ...]] = {"list_audit": audit.QUERY_PARAMS,
+                                                 "get_usage": usage.QUERY_PARAMS}
 
 DESCRIBED = {"200": "OK", "201": "Created"}
 
@@ -68,6 +72,7 @@ def build(routes: Sequence[Any]) -> dict[str, Any]:
         }
         if name in PAGED:
             op["parameters"] += PAGE_PARAMS
+        op["parameters"] += QUERY.get(name, ())
         if action is not None:
             op["security"] = [{"bearer": []}]
             op["x-autoglm-action"] = action

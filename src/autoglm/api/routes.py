@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from starlette.routing import compile_path
 
-from autoglm.api import admin, health, identity, inference, models, openapi
+from autoglm.api import admin, audit, health, identity, inference, models, openapi, usage
 from autoglm.api.metrics import metrics_endpoint
 
 
@@ -71,6 +71,8 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("GET", "/admin/v1/policy", identity.get_policy, "policy.read"),
     RouteSpec("POST", "/admin/v1/policy/validate", identity.validate_policy,
               "policy.validate"),
+    RouteSpec("GET", "/admin/v1/usage", usage.get_usage, "usage.read"),
+    RouteSpec("GET", "/admin/v1/audit", audit.list_audit, "audit.read"),
     RouteSpec("GET", "/openapi.json", openapi.openapi, None),
     RouteSpec("GET", "/healthz", health.healthz, None),
     RouteSpec("GET", "/readyz", health.readyz, None),

@@ -6,7 +6,8 @@ IMMEDIATE`` on SQLite (the database's single write lock; in a caller's session, 
 transaction has already begun, a no-op ``UPDATE`` of the head takes the same lock). Under
 the lock the records get the next sequence numbers and their HMACs, are inserted (COPY on
 PostgreSQL, executemany on SQLite) and the head moves to the last one; the commit makes
-records and head visible together, so there are never gaps or forks.
+records and head visible together, so there are never gaps or forks. The usage the
+inference records add (``rollup``) is written in the same transaction.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy import Connection, insert, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from autoglm.audit import rollup
 from autoglm.audit.record import COLUMNS, seal
 from autoglm.store.models import AuditRecord
 
@@ -117,4 +119,5 @@ def append_in_session(session: Session, key: bytes, batch: Sequence[Prepared]) -
     seq, prev = lock_in_session(session)
     last = seal_rows(key, seq, prev, batch)
     session.execute(insert(_TABLE), [row for row, _ in batch])
+    rollup.apply(session, (row for row, _ in batch))  # usage commits with its records
     move_head(session, seq + len(batch), last)

@@ -10,6 +10,10 @@ with ``O_APPEND`` (one write each, so processes sharing the file never interleav
 fsynced; optionally each line also goes to syslog, off the host when syslog forwards.
 Whoever can edit the database but not this file (or the syslog server) cannot cut the
 chain's tail unseen: ``verify`` finds the chain shorter than a checkpoint.
+
+An *anchor* (``"kind": "anchor"``, signed over ``autoglm-audit-anchor-v1\n...``, so no
+checkpoint can be turned into one) is written by ``autoglm audit prune`` before it deletes
+the records up to ``seq``: the chain then starts after it, from its hash.
 """
 
 from __future__ import annotations
@@ -35,11 +39,35 @@ from autoglm.audit.keys import AuditPaths, fingerprint
 from autoglm.timefmt import stamp
 
 log = logging.getLogger(__name__)
-_DOMAIN = b"autoglm-audit-checkpoint-v1"
+_DOMAINS = {"checkpoint": b"autoglm-audit-checkpoint-v1", "anchor": b"autoglm-audit-anchor-v1"}
 
 
-def _message(seq: int, hash_hex: str, ts: str) -> bytes:
-    return b"\n".join((_DOMAIN, str(seq).encode(), hash_hex.encode(), ts.encode()))
+def _message(seq: int, hash_hex: str, ts: str, kind: str = "checkpoint") -> bytes:
+    return b"\n".join((_DOMAINS[kind], str(seq).encode(), hash_hex.encode(), ts.encode()))
+
+
+def signed_line(key: Ed25519PrivateKey, seq: int, hash_hex: str,
+                kind: str = "checkpoint") -> bytes:
+    """One signed line of the checkpoints file (a checkpoint, or a prune's anchor)."""
+    ts = stamp()
+    sig = key.sign(_message(seq, hash_hex, ts, kind))
+    doc: dict[str, object] = {"seq": seq, "hash": hash_hex, "ts": ts,
+                              "key": fingerprint(key.public_key()),
+                              "sig": base64.b64encode(sig).decode()}
+    if kind != "checkpoint":
+        doc["kind"] = kind
+    return orjson.dumps(doc) + b"\n"
+
+
+def append_line(path: Path, line: bytes) -> None:
+    """Append one line (one write, O_APPEND) and fsync it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -48,6 +76,7 @@ class Checkpoint:
     hash: str
     ts: str
     line: int  # 1-based line number in the file
+    anchor: bool = False  # a prune's anchor: the chain starts after it
 
 
 @dataclass(frozen=True)
@@ -67,7 +96,6 @@ class Checkpointer:
         self.every = every
         self.interval_s = interval_s
         self._key = key
-        self._fingerprint = fingerprint(key.public_key())
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.last_seq = -1
@@ -85,11 +113,8 @@ class Checkpointer:
         return time.monotonic() - self._last_at >= self.interval_s
 
     def write(self, seq: int, hash_hex: str) -> dict[str, object]:
-        ts = stamp()
-        sig = self._key.sign(_message(seq, hash_hex, ts))
-        doc = {"seq": seq, "hash": hash_hex, "ts": ts, "key": self._fingerprint,
-               "sig": base64.b64encode(sig).decode()}
-        line = orjson.dumps(doc) + b"\n"
+        line = signed_line(self._key, seq, hash_hex)
+        doc: dict[str, object] = orjson.loads(line)
         os.write(self._fd, line)
         os.fsync(self._fd)
         self.last_seq = seq
@@ -148,12 +173,25 @@ def _check(number: int, raw: bytes, public_key: Ed25519PublicKey,
         sig = base64.b64decode(doc["sig"], validate=True)
     except (orjson.JSONDecodeError, KeyError, TypeError, binascii.Error):
         return BadLine(number, None, "not a checkpoint line")
-    if not (isinstance(seq, int) and isinstance(hash_hex, str) and isinstance(ts, str)):
+    kind = doc.get("kind", "checkpoint")
+    if not (isinstance(seq, int) and isinstance(hash_hex, str) and isinstance(ts, str)
+            and kind in _DOMAINS):
         return BadLine(number, None, "not a checkpoint line")
     if doc.get("key") != want:
         return BadLine(number, seq, f"signed by another key ({doc.get('key')})")
     try:
-        public_key.verify(sig, _message(seq, hash_hex, ts))
+        public_key.verify(sig, _message(seq, hash_hex, ts, kind))
     except InvalidSignature:
         return BadLine(number, seq, "signature does not verify")
-    return Checkpoint(seq, hash_hex, ts, number)
+    return Checkpoint(seq, hash_hex, ts, number, anchor=kind == "anchor")
+
+
+def latest_anchor(path: Path, public_key: Ed25519PublicKey, *,
+                  limit: int | None = None) -> Checkpoint | None:
+    """The anchor of the latest prune (highest seq, well signed), if any."""
+    best: Checkpoint | None = None
+    for entry in read(path, public_key, limit=limit):
+        if isinstance(entry, Checkpoint) and entry.anchor and (best is None
+                                                               or entry.seq > best.seq):
+            best = entry
+    return best

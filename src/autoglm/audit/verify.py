@@ -28,6 +28,11 @@ stored hash: only the key holder can make one). The rules, in the order they are
 
 Rules 2 and 5 read the rest of the chain once more (only when there is a fault).
 
+After a prune (``autoglm audit prune``) the chain starts at the latest signed *anchor*
+in the checkpoints file: record ``anchor + 1`` must chain from the anchor's hash, records
+up to the anchor (deleted, or left by an interrupted prune) are not read, and checkpoints
+up to it are not compared.
+
 The tail is checked after the chain: ``truncated`` when the chain ends below the head
 row's seq or below the highest signed checkpoint. Each checkpoint line must be signed by
 the checkpoint key (else ``checkpoint``: the file was edited) and must name the hash the
@@ -78,6 +83,7 @@ class Report:
     head_hash: str = SEED.hex()
     checkpoints: int = 0  # signed checkpoints that matched the chain
     last_checkpoint: int | None = None
+    anchor: int | None = None  # the chain was checked from after this seq (a prune's anchor)
     fault: Fault | None = None
     faults: list[Fault] = field(default_factory=list, repr=False)
 
@@ -88,7 +94,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {"intact": self.intact, "records": self.records, "head_seq": self.head_seq,
                 "head_hash": self.head_hash, "checkpoints": self.checkpoints,
-                "last_checkpoint": self.last_checkpoint,
+                "last_checkpoint": self.last_checkpoint, "anchor": self.anchor,
                 "fault": asdict(self.fault) if self.fault else None}
 
 
@@ -98,21 +104,30 @@ def verify(db: Database, paths: AuditPaths, *, chunk: int = 2000) -> Report:
         key: bytes | None = load_hmac_key(paths.hmac_key, create=False)
     except ConfigError as exc:  # fine while nothing was ever sealed with it
         key, missing = None, exc
-    public = _public_key(paths)
+    public = public_key_of(paths)
     limit = paths.checkpoints.stat().st_size if paths.checkpoints.exists() else 0
+    anchor = cps.latest_anchor(paths.checkpoints, public, limit=limit) if public else None
     report = Report()
+    start, prev = (anchor.seq, bytes.fromhex(anchor.hash)) if anchor else (0, SEED)
+    if anchor is not None:
+        report.anchor, report.head_seq, report.head_hash = anchor.seq, anchor.seq, anchor.hash
     try:
         with db.engine.connect() as conn:
-            conn = _snapshot(conn)
+            conn = snapshot(conn)
             head_seq, _ = read_head(conn)
             if key is None:
                 if conn.execute(select(AuditRecord.seq).limit(1)).first() is not None:
                     raise missing
                 key = b""
             rows = conn.execution_options(stream_results=True, yield_per=chunk).execute(
-                select(*_raw_columns()).order_by(AuditRecord.seq))
-            _Scan(key, head_seq, report).run(r._mapping for r in rows)
+                select(*raw_columns()).where(AuditRecord.seq > start)
+                .order_by(AuditRecord.seq))
+            ChainScan(key, head_seq, report).run((r._mapping for r in rows), start + 1, prev)
             rows.close()
+            if head_seq < start:
+                report.faults.append(Fault(head_seq + 1, "truncated", (
+                    f"the head row says {head_seq} records were written but the prune anchor "
+                    f"vouches for {start}: the head was moved back")))
             if not report.faults and head_seq > report.head_seq:
                 report.faults.append(Fault(report.head_seq + 1, "truncated",
                                            f"the chain ends at seq {report.head_seq} but its "
@@ -131,7 +146,7 @@ def verify(db: Database, paths: AuditPaths, *, chunk: int = 2000) -> Report:
     return report
 
 
-def _raw_columns() -> list[Any]:
+def raw_columns() -> list[Any]:
     """The columns, the time and ``detail`` as the stored text: a tampered value that is
     no time or no JSON must make its record fail, not the read (``body`` parses them)."""
     table = AuditRecord.__table__
@@ -139,7 +154,7 @@ def _raw_columns() -> list[Any]:
             for c in COLUMNS]
 
 
-def _public_key(paths: AuditPaths) -> Ed25519PublicKey | None:
+def public_key_of(paths: AuditPaths) -> Ed25519PublicKey | None:
     if paths.public_key.exists():
         return load_public_key(paths.public_key)
     if paths.signing_key.exists():
@@ -147,7 +162,7 @@ def _public_key(paths: AuditPaths) -> Ed25519PublicKey | None:
     return None
 
 
-def _snapshot(conn: Connection) -> Connection:
+def snapshot(conn: Connection) -> Connection:
     """One consistent view for the whole check, while writers go on appending."""
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql("BEGIN")  # the first read pins the WAL snapshot
@@ -175,7 +190,9 @@ class _Peek:
         return [*self._ahead, *([None] * (n - len(self._ahead)))][:n]
 
 
-class _Scan:
+class ChainScan:
+    """Checks rows in seq order against the chain (also used for exported files)."""
+
     def __init__(self, key: bytes, head_seq: int, report: Report) -> None:
         self.key = key
         self.head_seq = head_seq
@@ -190,9 +207,9 @@ class _Scan:
         except (ValueError, TypeError):  # a value no writer stores: not genuine
             return False
 
-    def run(self, rows: Iterator[Row]) -> None:
+    def run(self, rows: Iterator[Row], k: int = 1, prev: bytes = SEED) -> None:
+        """From record ``k``, which must chain from ``prev``; stops at the first fault."""
         it = _Peek(rows)
-        k, prev = 1, SEED
         for row in it:
             if row["seq"] == k and self.genuine(prev, k, row):
                 prev = bytes.fromhex(row["hash"])
@@ -286,6 +303,8 @@ def _checkpoints(conn: Connection, paths: AuditPaths, public: Ed25519PublicKey, 
             report.faults.append(Fault(entry.seq, "checkpoint", f"checkpoint line {entry.line}: "
                                        f"{entry.reason}: the checkpoints file was edited"))
             continue
+        if report.anchor is not None and entry.seq <= report.anchor:
+            continue  # pruned: the chain starts after the anchor
         if report.last_checkpoint is None or entry.seq > report.last_checkpoint:
             report.last_checkpoint = entry.seq
         if entry.seq > tail:

@@ -24,6 +24,9 @@ committed batch, and each record's ``seq`` and ``hash`` are set. If the database
 the batch is retried with backoff until it commits; a commit whose answer was lost is
 recognised (its last record is stored with its hash) and not written twice.
 
+Every commit, ``append`` or batch, also adds its inference records to the usage table
+(``rollup``) inside the same transaction, so usage and chain commit together.
+
 Checkpoints are written by the writer thread: after its commits when due, and every
 ``checkpoint_s`` for a head moved by others (``append``, other processes). Make the log
 in the process that uses it (after any fork): its thread does not survive a fork. Any
@@ -42,7 +45,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from autoglm.audit import chain
+from autoglm.audit import chain, rollup
 from autoglm.audit.checkpoints import Checkpointer
 from autoglm.audit.fold import Folder
 from autoglm.audit.keys import AuditPaths, load_hmac_key, load_signing_key
@@ -314,9 +317,11 @@ class AuditLog:
 
     def _commit(self, prepared: list[chain.Prepared],
                 attempted: tuple[int, str] | None = None) -> str:
-        """One transaction: lock the head, seal, insert, move the head; the last hash.
+        """One transaction: lock the head, seal, insert, count the usage (``rollup``), move
+        the head; the last hash.
         ``attempted``: the last (seq, hash) of an earlier try whose commit may have gone
         through unanswered; if the database holds it, that try did commit."""
+        usage = rollup.aggregate(row for row, _ in prepared)  # summed before the lock
         with self._db.engine.connect() as conn:
             seq, prev = chain.begin_locked(conn)
             if attempted is not None and chain.holds(conn, *attempted):
@@ -324,6 +329,7 @@ class AuditLog:
                 return attempted[1]
             last = chain.seal_rows(self._key, seq, prev, prepared)
             chain.insert_rows(conn, [row for row, _ in prepared])
+            rollup.upsert(conn, usage)  # the usage table commits with its records
             chain.move_head(conn, seq + len(prepared), last)
             conn.commit()
         return last.hex()

@@ -139,7 +139,12 @@ class AuditRecord(Base):
     """
 
     __tablename__ = "audit_log"
-    __table_args__ = (Index("ix_audit_log_ts", "ts"),)
+    # what the reads filter on, each in seq order (migration 0006, ``audit.query``)
+    __table_args__ = (Index("ix_audit_log_ts_seq", "ts", "seq"),
+                      Index("ix_audit_log_tenant_seq", "tenant_id", "seq"),
+                      Index("ix_audit_log_actor_seq", "actor", "seq"),
+                      Index("ix_audit_log_action_seq", "action", "seq"),
+                      Index("ix_audit_log_decision_seq", "decision", "seq"))
     # INTEGER PRIMARY KEY on SQLite is the rowid itself: no second index to keep up
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
                                      primary_key=True, autoincrement=False)
@@ -174,3 +179,37 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class UsageRollup(Base):
+    """Usage per hour and per day, per tenant, project, key and model (``autoglm.audit.rollup``).
+
+    Kept by the audit writer from the inference records it commits, in the same
+    transaction, so it always agrees with the chain. Absent ids (a refusal before the key
+    was known) are ``''``, so the natural key stays unique. ``latency_hist`` counts
+    latencies over fixed log-spaced bounds (``rollup.BOUNDS_MS``): rows merge by adding
+    them, and percentiles come from the merged counts.
+    """
+
+    __tablename__ = "usage_rollup"
+    __table_args__ = (
+        UniqueConstraint("bucket", "period_start", "tenant_id", "project_id", "key_id", "model",
+                         name="uq_usage_rollup_key"),
+        Index("ix_usage_rollup_scope", "tenant_id", "project_id", "bucket", "period_start"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    bucket: Mapped[str] = mapped_column(String(4))  # hour | day
+    period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    tenant_id: Mapped[str] = mapped_column(String(32))
+    project_id: Mapped[str] = mapped_column(String(32))
+    key_id: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(128))
+    requests: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)  # status >= 500 or decision error
+    denials: Mapped[int] = mapped_column(BigInteger)  # refused with a 4xx (not 499)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    latency_sum_ms: Mapped[float] = mapped_column(Float)
+    latency_max_ms: Mapped[float] = mapped_column(Float)
+    latency_hist: Mapped[list[int]] = mapped_column(JSON)

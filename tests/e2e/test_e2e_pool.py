@@ -321,7 +321,7 @@ def test_admin_add_drain_remove_at_run_time_without_dropping_requests(pool) -> N
 
         with sqlite3.connect(srv.workdir / "data" / "autoglm.db") as db:
             acts = [r[0] for r in db.execute(
-                "SELECT action FROM audit_events WHERE action LIKE 'engine.instance.%' "
+                "SELECT action FROM audit_log WHERE action LIKE 'engine.instance.%' "
                 "ORDER BY seq")]
         assert acts[:5] == ["engine.instance.add", "engine.instance.drain",
                             "engine.instance.resume", "engine.instance.drain",

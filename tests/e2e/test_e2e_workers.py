@@ -58,12 +58,16 @@ def _engines(srv: ServerProcess) -> set[int]:
 
 
 def _workers_by_request(srv: ServerProcess) -> dict[str, str]:
-    """request id -> the worker (log component) that served it."""
+    """The client's request id -> the worker (log component) that served it."""
     out = {}
     for line in srv.stderr_path.read_text(errors="replace").splitlines():
         if '"msg":"request"' in line:
-            rec = json.loads(line)
-            out[rec["request_id"]] = rec["component"]
+            try:
+                rec = json.loads(line)
+            except ValueError:  # the line being written as we read
+                continue
+            if rec.get("client_request_id"):
+                out[rec["client_request_id"]] = rec["component"]
     return out
 
 

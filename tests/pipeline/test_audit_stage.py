@@ -107,3 +107,17 @@ async def test_the_clients_id_purpose_and_consent_are_recorded(
             AuditRecord.request_id == r.headers["x-request-id"])).one()
     assert (rec.client_request_id, rec.purpose, rec.consent_id) == (
         "loan-42", "credit assessment", "consent-7")
+
+
+async def test_personal_data_the_client_writes_into_the_record_is_masked(
+        both: tuple[AppClient, RewriteStage]) -> None:
+    api, _ = both
+    r = await api.post("/v1/chat/completions", chat(MODEL), headers={
+        "X-Client-Request-Id": "call-13812345678", "X-Processing-Purpose": "for li@example.com"})
+    assert r.status_code == 200
+    api.app.state.audit.flush()
+    with api.app.state.db.session() as s:
+        rec = s.scalars(select(AuditRecord).where(
+            AuditRecord.request_id == r.headers["x-request-id"])).one()
+    assert "13812345678" not in rec.client_request_id and "138****5678" in rec.client_request_id
+    assert "li@example.com" not in rec.purpose

@@ -4,7 +4,8 @@ The record is queued (``AuditLog.submit``) and group-committed off the request p
 ``audit_flush_ms`` (``audit_strict`` makes the answer wait for it). Refusals (a 4xx before
 the engine: a bad key, a model the caller may not use, a blocked value) go through the
 folder, so a flood of identical ones is one record with a count per interval. No prompt
-or answer text is recorded.
+or answer text is recorded; what the client wrote into the record (its request id, purpose,
+consent id) is stored with personal data masked.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from autoglm.audit import AuditLog, Record
 from autoglm.errors import AutoGLMError
 from autoglm.pipeline.context import RequestContext
 from autoglm.pipeline.stage import Stage
+from autoglm.privacy import GuardPolicy, PiiGuard
 
 log = logging.getLogger("autoglm.audit")
 
@@ -25,6 +27,12 @@ class Audit(Stage):
 
     def __init__(self, audit: AuditLog) -> None:
         self.audit = audit
+        # what the client wrote into the record (its request id, purpose, consent id) is
+        # stored with any personal data in it masked, whatever a tenant's policy allows
+        self._mask = PiiGuard(GuardPolicy(default="mask"))
+
+    def _clean(self, text: str | None) -> str | None:
+        return self._mask.apply(text).text if text else text
 
     def after(self, ctx: RequestContext) -> None:
         identity = ctx.identity
@@ -40,8 +48,8 @@ class Audit(Stage):
             key_id=getattr(identity, "key_id", None),
             tenant_id=getattr(identity, "tenant_id", None), project_id=ctx.project,
             resource=ctx.model or "", client_addr=ctx.client, request_id=ctx.request_id,
-            client_request_id=ctx.client_request_id, purpose=ctx.purpose,
-            consent_id=ctx.consent_id,
+            client_request_id=self._clean(ctx.client_request_id),
+            purpose=self._clean(ctx.purpose), consent_id=self._clean(ctx.consent_id),
             model=ctx.model or None, prompt_tokens=ctx.prompt_tokens or None,
             completion_tokens=ctx.completion_tokens or None,
             latency_ms=round((time.perf_counter() - ctx.started) * 1000, 3),

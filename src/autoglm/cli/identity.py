@@ -75,6 +75,11 @@ def _call(config: Path | None, url: str | None, key: str | None, method: str, pa
             resp = http.request(method, "/admin/v1" + path, json=body)
     except httpx.HTTPError as exc:
         raise AutoGLMError(f"cannot reach {url}: {exc}") from None
+    return answer(resp)
+
+
+def answer(resp: httpx.Response) -> Any:
+    """An admin API answer's JSON, or its OpenAI error as one ``AutoGLMError`` line."""
     try:
         data = resp.json()
     except ValueError:

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from autoglm.cli.identity import AsJson, Config, Key, Url, _client, _run
+from autoglm.cli.identity import AsJson, Config, Key, Url, _client, _run, answer
 from autoglm.errors import AutoGLMError
 
 COLUMNS = (("period_start", "period"), ("tenant_id", "tenant"), ("project_id", "project"),
@@ -29,14 +29,7 @@ PAGE = 1000
 
 
 def _page(http: Any, params: dict[str, str]) -> dict[str, Any]:
-    resp = http.get("/admin/v1/usage", params=params)
-    try:
-        data = resp.json()
-    except ValueError:
-        raise AutoGLMError(f"unexpected answer ({resp.status_code})") from None
-    if resp.status_code >= 400:
-        raise AutoGLMError(f"{resp.status_code}: {data.get('error', {}).get('message', data)}")
-    return data
+    return answer(http.get("/admin/v1/usage", params=params))
 
 
 def fetch(config: Any, url: str | None, key: str | None,

@@ -346,6 +346,11 @@ class Settings(BaseSettings):
     pii_tenant_actions: dict[str, dict[str, Literal["allow", "mask", "block"]]] = Field(
         default_factory=dict,
         description="Per tenant id, actions that replace pii_actions' for that tenant's callers.")
+    audit_text_tenants: list[str] = Field(
+        default_factory=list,
+        description="Tenant ids whose prompt and answer text is kept in their audit records "
+        "(as the PII guard left it, sealed under each caller's personal data key, so "
+        "`autoglm privacy erase` makes it unreadable). Empty by default: no text is kept.")
 
     # --- where the settings came from (not itself a setting) -----------------------------
     config_file: Path | None = Field(

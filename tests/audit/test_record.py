@@ -55,7 +55,10 @@ def test_awkward_values_are_stored_as_sealed(db: Database, paths: AuditPaths) ->
     with db.session() as s:
         row = s.get(AuditRecord, 1)
     assert len(row.resource) == 256 and row.actor == "prn\ufffdevil"
-    assert row.model == "模型-😀" and row.purpose == "bad ? surrogate"
+    assert row.model == "模型-😀" and row.purpose is None  # sealed, with the address
+    opened = [{"actor": row.actor, "ts": row.ts, "personal": row.personal}]
+    AuditLog(db, paths).vault.open_rows(opened)
+    assert opened[0]["purpose"] == "bad ? surrogate" and opened[0]["client_addr"] == "2001:db8::1"
     assert row.latency_ms == 7.0 and row.prompt_tokens == 3
     assert row.detail == {"nan": None, "big": 1e300, "nested": {"a": [1, 2], "z": 1}}
     assert row.ts.replace(tzinfo=UTC).hour == 0 and row.ts.microsecond == 123_000

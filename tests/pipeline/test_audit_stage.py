@@ -105,8 +105,10 @@ async def test_the_clients_id_purpose_and_consent_are_recorded(
     with api.app.state.db.session() as s:
         rec = s.scalars(select(AuditRecord).where(
             AuditRecord.request_id == r.headers["x-request-id"])).one()
-    assert (rec.client_request_id, rec.purpose, rec.consent_id) == (
-        "loan-42", "credit assessment", "consent-7")
+    assert (rec.client_request_id, rec.purpose, rec.consent_id) == ("loan-42", None, "consent-7")
+    opened = [{"actor": rec.actor, "ts": rec.ts, "personal": rec.personal}]
+    api.app.state.audit.vault.open_rows(opened)  # the purpose is sealed with the address
+    assert opened[0]["purpose"] == "credit assessment" and opened[0]["client_addr"]
 
 
 async def test_personal_data_the_client_writes_into_the_record_is_masked(
@@ -120,4 +122,6 @@ async def test_personal_data_the_client_writes_into_the_record_is_masked(
         rec = s.scalars(select(AuditRecord).where(
             AuditRecord.request_id == r.headers["x-request-id"])).one()
     assert "13812345678" not in rec.client_request_id and "138****5678" in rec.client_request_id
-    assert "li@example.com" not in rec.purpose
+    opened = [{"actor": rec.actor, "ts": rec.ts, "personal": rec.personal}]
+    api.app.state.audit.vault.open_rows(opened)
+    assert "li@example.com" not in opened[0]["purpose"] and "@example.com" in opened[0]["purpose"]

@@ -11,6 +11,7 @@ import httpx
 import orjson
 import pytest
 from asgi_lifespan import LifespanManager
+from sqlalchemy import select
 
 from autoglm.api.app import create_app
 from autoglm.audit import AuditLog
@@ -19,6 +20,7 @@ from autoglm.pipeline.request import InferenceRequest
 from autoglm.pipeline.stage import Stage
 from autoglm.store.db import Database, database_url
 from autoglm.store.directory import Act, Directory
+from autoglm.store.models import AuditRecord
 from tests.conftest import MODEL, AppClient, make_settings
 from tests.pipeline.conftest import UPSTREAM
 from tests.standin import Standin
@@ -55,7 +57,8 @@ async def guarded(tmp_path_factory: pytest.TempPathFactory,
     settings = make_settings(data, models=[
         {"id": MODEL, "engine": "llamacpp"},
         {"id": UPSTREAM, "engine": "openai", "instances": [{"url": standin.url}]},
-    ], pii_tenant_actions={strict: {"cn_id": "block", "cn_mobile": "block"}})
+    ], pii_tenant_actions={strict: {"cn_id": "block", "cn_mobile": "block"}},
+        audit_text_tenants=[strict])
     spy = Spy()
     app = create_app(settings, extra_stages={"admission": [spy]})
     async with LifespanManager(app, startup_timeout=120, shutdown_timeout=30):
@@ -152,3 +155,35 @@ async def test_a_blocked_value_in_an_answer_ends_the_stream_with_the_error(
     assert b"pii_blocked" in r.content
     assert whole.status_code == 400 and whole.json()["error"]["code"] == "pii_blocked"
     assert ID not in whole.text
+
+
+async def test_a_tenant_that_keeps_text_has_it_sealed_in_its_record_as_the_guard_left_it(
+        guarded, standin) -> None:
+    """``audit_text_tenants``: prompt and answer in the record, masked by the guard, sealed
+    under the caller's key (never in a column in clear), opened by the audit read."""
+    client = guarded["client"]
+    standin.control(say="Write to wang.fang@example.com today")
+    try:
+        r = await client.http.post("/v1/chat/completions", headers=guarded["strict"],
+                                   json=chat(UPSTREAM, "I am li.lei@example.com, hello"))
+        plain = await client.post("/v1/chat/completions", chat(UPSTREAM, "no tenant, no text"))
+    finally:
+        standin.control(say=None)
+    assert r.status_code == 200 and plain.status_code == 200
+    app = client.app
+    app.state.audit.flush()
+    with app.state.db.engine.connect() as conn:
+        rows = {row.request_id: dict(row._mapping) for row in conn.execute(
+            select(AuditRecord.__table__).where(AuditRecord.request_id.in_(
+                [r.headers["x-request-id"], plain.headers["x-request-id"]])))}
+    kept, other = rows[r.headers["x-request-id"]], rows[plain.headers["x-request-id"]]
+    assert "example.com" not in orjson.dumps(kept, default=str).decode()
+    app.state.audit.vault.open_rows([kept, other])
+    assert kept["text"]["prompt"].startswith("I am l") and "li.lei@example.com" not in kept[
+        "text"]["prompt"] and "@example.com" in kept["text"]["prompt"]
+    assert kept["text"]["answer"].startswith("Write to ")
+    assert "wang.fang@example.com" not in kept["text"]["answer"]
+    assert other.get("text") is None  # the platform admin's tenant-less call keeps none
+    page = await client.get(f"/admin/v1/audit?action=inference&limit=100")
+    seen = {rec["request_id"]: rec for rec in page.json()["data"]}
+    assert seen[r.headers["x-request-id"]]["text"] == kept["text"]

@@ -142,7 +142,7 @@ def create_app(
         StageDeps(auth=auth, authz=authz, engines=engine_map, metrics=metrics,
                   log_prompts=settings.log_prompts,
                   guards=PiiGuards(settings.pii_actions, settings.pii_tenant_actions),
-                  audit=audit),
+                  audit=audit, text_tenants=frozenset(settings.audit_text_tenants)),
         extra_stages))
     routes = [Route(r.path, r.endpoint, methods=[r.method]) for r in ROUTES]
     middleware = []

@@ -3,8 +3,10 @@
 Filters: ``since`` and ``until`` (RFC 3339 times with their offset; ``ts >= since``,
 ``ts < until``), ``tenant``, ``actor``, ``action``, ``decision``. Keyset pages by seq:
 ``limit`` (1-100, default 20) and ``after=<seq>``; answers carry ``has_more`` and
-``last_seq``. Each record comes whole, chain fields (``seq``, ``hash``) included, its
-time in the platform's one format.
+``last_seq``. Each record comes whole, chain fields (``seq``, ``hash``, the sealed
+``personal``) included, its time in the platform's one format; its personal fields
+(``client_addr``, ``purpose``, kept ``text``) are opened with its subject's key, or are
+null with ``erased: true`` once that subject was erased (``autoglm privacy erase``).
 
 Action ``audit.read``. Platform admins read every record; a tenant admin reads their
 tenant's (without ``tenant`` they get exactly those; another tenant is a 404, as
@@ -73,7 +75,8 @@ def _page_args(params: dict[str, str]) -> tuple[int, int | None]:
 
 
 def _view(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, "ts": stamp(row["ts"]), "detail": row["detail"] or {}}
+    return {"text": None, "erased": False, **row, "ts": stamp(row["ts"]),
+            "detail": row["detail"] or {}}
 
 
 @blocking
@@ -93,5 +96,6 @@ def list_audit(request: Request, body: bytes) -> JSONResponse:
         filters = replace(filters, tenant=own)
     with request.app.state.db.engine.connect() as conn:
         rows, more = page(conn, filters, limit=limit, after=after)
+        request.app.state.audit.vault.open_rows(rows, conn)
     return JSONResponse({"object": "list", "data": [_view(r) for r in rows], "has_more": more,
                          "last_seq": rows[-1]["seq"] if rows else None})

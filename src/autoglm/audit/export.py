@@ -20,6 +20,11 @@ so each line can be checked alone with the key. The last line is the trailer::
 caught by ``autoglm audit verify --file`` (``audit.segment``).
 
 CEF: one ``cef.line`` per record, no trailer (for a SIEM, not for verification).
+
+Personal fields stay sealed (``personal``) unless ``open_personal``: then each JSONL line
+also carries ``opened`` (``client_addr``, ``purpose``, ``text``, ``erased``; outside the
+chain's fields, so the export still verifies) and CEF lines carry them in their fields.
+Exports leave the server, so that is a choice to make each time.
 """
 
 from __future__ import annotations
@@ -36,11 +41,12 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from autoglm.audit import cef
 from autoglm.audit import checkpoints as cps
-from autoglm.audit.keys import AuditPaths, load_hmac_key
+from autoglm.audit.keys import AuditPaths, load_hmac_key, load_personal_key
 from autoglm.audit.query import Filters, window
 from autoglm.audit.record import COLUMNS, SEED
 from autoglm.audit.verify import public_key_of, raw_columns, snapshot
 from autoglm.errors import AuditError, ConfigError
+from autoglm.privacy.vault import PERSONAL_COLUMNS, PersonalVault
 from autoglm.store.db import Database
 from autoglm.store.models import AuditRecord
 from autoglm.timefmt import stamp
@@ -114,11 +120,14 @@ def records(conn: Connection, first: int, last: int, prev: str,
 
 
 def export(db: Database, paths: AuditPaths, out: IO[bytes], *, since: datetime | None = None,
-           until: datetime | None = None, fmt: str = "jsonl", chunk: int = 2000) -> Summary:
+           until: datetime | None = None, fmt: str = "jsonl", chunk: int = 2000,
+           open_personal: bool = False) -> Summary:
     """Write the records of [since, until) to ``out``; see the module docstring."""
     if fmt not in FORMATS:
         raise ConfigError(f"format must be jsonl or cef, not {fmt!r}")
     key = load_hmac_key(paths.hmac_key, create=False) if fmt == "jsonl" else b""
+    vault = (PersonalVault(db, load_personal_key(paths.personal_key, create=False))
+             if open_personal else None)
     public = public_key_of(paths)
     anchor = cps.latest_anchor(paths.checkpoints, public) if public is not None else None
     summary = Summary()
@@ -131,8 +140,13 @@ def export(db: Database, paths: AuditPaths, out: IO[bytes], *, since: datetime |
                 first, last = span
                 prev = _prev_of(conn, first, anchor)
                 for doc in records(conn, first, last, prev, chunk):
+                    line = {c: doc[c] for c in (*COLUMNS, "prev")}
+                    if vault is not None and doc["personal"] is not None:
+                        vault.open_rows([doc], conn)
+                        line["opened"] = {c: doc[c] for c in (*PERSONAL_COLUMNS, "text",
+                                                               "erased")}
                     if fmt == "jsonl":
-                        out.write(orjson.dumps({c: doc[c] for c in (*COLUMNS, "prev")}) + b"\n")
+                        out.write(orjson.dumps(line) + b"\n")
                     else:
                         out.write(cef.line(doc).encode() + b"\n")
                     if summary.first_seq is None:

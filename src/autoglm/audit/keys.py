@@ -3,7 +3,9 @@
 - ``data_dir/secrets/audit_hmac_key``: the chain's HMAC key (32 random bytes, hex);
 - ``data_dir/secrets/audit_signing_key.pem``: the Ed25519 key that signs checkpoints;
 - ``data_dir/audit/checkpoint_key.pub.pem``: its public half, for whoever verifies;
-- ``data_dir/audit/checkpoints.jsonl``: the signed checkpoints.
+- ``data_dir/audit/checkpoints.jsonl``: the signed checkpoints;
+- ``data_dir/secrets/personal_data_key``: the master key of the personal fields' subject
+  keys (``privacy.vault``; 32 random bytes, hex).
 
 Secrets are created on first use with mode 0600, atomically and without ever replacing
 one that exists: processes starting together all end up with the same key (the file is
@@ -36,13 +38,15 @@ class AuditPaths:
     signing_key: Path
     public_key: Path
     checkpoints: Path
+    personal_key: Path
 
     @classmethod
     def under(cls, data_dir: Path) -> AuditPaths:
         return cls(hmac_key=data_dir / "secrets" / "audit_hmac_key",
                    signing_key=data_dir / "secrets" / "audit_signing_key.pem",
                    public_key=data_dir / "audit" / "checkpoint_key.pub.pem",
-                   checkpoints=data_dir / "audit" / "checkpoints.jsonl")
+                   checkpoints=data_dir / "audit" / "checkpoints.jsonl",
+                   personal_key=data_dir / "secrets" / "personal_data_key")
 
 
 def _create_once(path: Path, data: bytes, mode: int) -> None:
@@ -74,19 +78,30 @@ def _read_secret(path: Path) -> bytes:
 def load_hmac_key(path: Path, *, create: bool) -> bytes:
     """The chain key; created when missing if ``create`` (the writer), else a
     ``ConfigError`` (``verify`` must use the key the records were sealed with)."""
+    return _load_key(path, create, "audit key", "the audit chain cannot be checked without "
+                     "the key it was sealed with (copy it from the server)")
+
+
+def load_personal_key(path: Path, *, create: bool) -> bytes:
+    """The master key of the personal fields (``privacy.vault``); created when missing if
+    ``create``. Losing it makes every sealed personal field unreadable."""
+    return _load_key(path, create, "personal data key", "sealed personal fields cannot be "
+                     "read without the key they were sealed with (copy it from the server)")
+
+
+def _load_key(path: Path, create: bool, what: str, missing: str) -> bytes:
     if create and not path.exists():
         _create_once(path, secrets.token_bytes(32).hex().encode(), 0o600)
     try:
         text = _read_secret(path).decode().strip()
     except FileNotFoundError:
-        raise ConfigError(f"no audit key at {path}: the audit chain cannot be checked without "
-                          "the key it was sealed with (copy it from the server)") from None
+        raise ConfigError(f"no {what} at {path}: {missing}") from None
     try:
         key = bytes.fromhex(text)
     except ValueError:
-        raise ConfigError(f"{path} does not hold a hex audit key") from None
+        raise ConfigError(f"{path} does not hold a hex {what}") from None
     if len(key) < 32:
-        raise ConfigError(f"{path}: the audit key must be at least 32 bytes")
+        raise ConfigError(f"{path}: the {what} must be at least 32 bytes")
     return key
 
 

@@ -41,8 +41,11 @@ TEXT_FIELDS: tuple[tuple[str, int], ...] = (
 INT_FIELDS = ("status", "prompt_tokens", "completion_tokens", "count")
 INT_MAX = 2**31 - 1  # an INTEGER column
 DETAIL_MAX_BYTES = 4096
-# every column of audit_log but seq and hash, in the order rows are written
-BODY_FIELDS = ("ts", *(n for n, _ in TEXT_FIELDS), *INT_FIELDS, "latency_ms", "detail")
+# every column of audit_log but seq and hash, in the order rows are written; ``personal``
+# (the sealed personal fields, ``privacy.vault``) is left out of the body when NULL, so
+# records sealed before it existed keep their canonical form
+BODY_FIELDS = ("ts", *(n for n, _ in TEXT_FIELDS), *INT_FIELDS, "latency_ms", "detail",
+               "personal")
 COLUMNS = ("seq", *BODY_FIELDS, "hash")
 
 
@@ -59,7 +62,10 @@ class Record:
     itself). ``decision`` is allow, deny or error; ``status`` the HTTP status answered.
     ``request_id`` is the server's id, ``client_request_id`` the one the client sent.
     ``count`` is how many identical events the record stands for (see ``Folder``).
-    ``detail`` is a small JSON object (at most 4 KiB).
+    ``detail`` is a small JSON object (at most 4 KiB). ``text`` (prompt and answer, only
+    when a tenant's policy keeps them, after the guard) is never stored in clear: like
+    ``client_addr`` and ``purpose`` it is sealed under the data subject's key
+    (``privacy.vault``) into the ``personal`` column.
     """
 
     action: str
@@ -81,6 +87,7 @@ class Record:
     consent_id: str | None = None
     count: int = 1
     detail: Mapping[str, Any] | None = None
+    text: Mapping[str, str] | None = None  # sealed with the personal fields, never in clear
     ts: datetime | None = None  # server time; None: now
     seq: int | None = None
     hash: str | None = None
@@ -168,13 +175,16 @@ def normalise(rec: Record) -> dict[str, Any]:
         raise AuditError(f"audit record count must be at least 1, not {rec.count!r}")
     row["latency_ms"] = _latency(rec.latency_ms)
     row["detail"] = _detail(rec.detail)
+    row["personal"] = None  # set by the vault's ``seal``
     return row
 
 
 def body(row: Mapping[str, Any]) -> bytes:
     """The canonical body of a normalised row, or of a row read back from the database
     (where the time and ``detail`` may come as their stored text)."""
-    doc = {name: row[name] for name in BODY_FIELDS}
+    doc = {name: row.get(name) for name in BODY_FIELDS}
+    if doc["personal"] is None:
+        del doc["personal"]
     ts = doc["ts"]
     doc["ts"] = stamp(datetime.fromisoformat(ts) if isinstance(ts, str) else ts)
     detail = doc["detail"]

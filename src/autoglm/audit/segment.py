@@ -30,7 +30,7 @@ from autoglm.audit.record import COLUMNS
 from autoglm.audit.verify import ChainScan, Fault, Report
 from autoglm.errors import ConfigError
 
-_FIELDS = frozenset((*COLUMNS, "prev"))
+_FIELDS = frozenset((*COLUMNS, "prev")) - {"personal"}  # absent from exports before 0007
 
 
 def _last_line(path: Path) -> tuple[bytes, int]:

@@ -48,9 +48,10 @@ from sqlalchemy.orm import Session
 from autoglm.audit import chain, rollup
 from autoglm.audit.checkpoints import Checkpointer
 from autoglm.audit.fold import Folder
-from autoglm.audit.keys import AuditPaths, load_hmac_key, load_signing_key
+from autoglm.audit.keys import AuditPaths, load_hmac_key, load_personal_key, load_signing_key
 from autoglm.audit.record import Record, body, normalise
 from autoglm.errors import AuditError
+from autoglm.privacy.vault import PersonalVault
 from autoglm.settings import Settings
 from autoglm.store.db import Database
 
@@ -67,6 +68,8 @@ class AuditLog:
                  on_commit: OnCommit | None = None) -> None:
         self._db = db
         self._key = load_hmac_key(paths.hmac_key, create=True)
+        # personal fields are sealed per data subject before the chain seals the record
+        self.vault = PersonalVault(db, load_personal_key(paths.personal_key, create=True))
         self._checkpoints = Checkpointer(paths, load_signing_key(paths), every=checkpoint_every,
                                          interval_s=checkpoint_s, syslog_address=syslog_address)
         self.folder = Folder(fold_s)
@@ -114,8 +117,10 @@ class AuditLog:
         records = list(records)
         if not records:
             return []
-        prepared = [(row, body(row)) for row in map(normalise, records)]
         try:
+            rows = [normalise(rec) for rec in records]
+            self.vault.seal(rows, [rec.text for rec in records], session)
+            prepared = [(row, body(row)) for row in rows]
             if session is not None:
                 chain.append_in_session(session, self._key, prepared)
             else:
@@ -177,6 +182,10 @@ class AuditLog:
         self._thread.join()
         if self._failure is not None:
             raise AuditError(self._failure)
+
+    @property
+    def db(self) -> Database:
+        return self._db
 
     @property
     def pending(self) -> int:
@@ -261,7 +270,7 @@ class AuditLog:
                 self._checkpoints.write(seq, hash_hex)
 
     def _write(self, batch: list[Record], *, submitted: bool = True) -> None:
-        prepared = [self._prepare(rec) for rec in batch]
+        prepared = self._prepare(batch)
         last_hash = self._retry(prepared)
         if last_hash is None:  # given up while closing
             return
@@ -280,17 +289,29 @@ class AuditLog:
         if self._checkpoints.due(seq):
             self._checkpoints.write(seq, last_hash)
 
-    @staticmethod
-    def _prepare(rec: Record) -> chain.Prepared:
-        try:
-            row = normalise(rec)
-        except Exception as exc:  # noqa: BLE001 - keep the event, say what was not stored
-            why = exc.message if isinstance(exc, AuditError) else type(exc).__name__
-            row = normalise(Record(
-                action=str(rec.action)[:64] or "unknown", decision=rec.decision, status=None,
-                actor=_str(rec.actor), tenant_id=_str(rec.tenant_id),
-                request_id=_str(rec.request_id), detail={"audit_error": why[:500]}))
-        return row, body(row)
+    def _prepare(self, batch: list[Record]) -> list[chain.Prepared]:
+        """Normalise, seal the personal fields, and compute the canonical bodies. A record
+        that cannot be stored becomes one that says so; keys the vault cannot reach yet
+        (the database is down) are waited for as a commit would be."""
+        rows = [_normalised(rec) for rec in batch]
+        delay = 0.05
+        while True:
+            try:
+                self.vault.seal(rows, [rec.text for rec in batch])
+                break
+            except chain.DB_ERRORS as exc:
+                if self._closing and time.monotonic() - self._closing_at > self._close_timeout_s:
+                    for row in rows:  # sealed under no key is no record: keep them out
+                        row["client_addr"] = row["purpose"] = None
+                        row["personal"] = None
+                        row["detail"] = {**row["detail"], "audit_error": "personal fields "
+                                         "dropped: no subject key could be made"}
+                    break
+                log.error("audit subject keys not reachable yet (retrying in %.2f s): %s",
+                          delay, _reason(exc))
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        return [(row, body(row)) for row in rows]
 
     def _retry(self, prepared: list[chain.Prepared]) -> str | None:
         delay = 0.05
@@ -333,6 +354,17 @@ class AuditLog:
             chain.move_head(conn, seq + len(prepared), last)
             conn.commit()
         return last.hex()
+
+
+def _normalised(rec: Record) -> dict[str, Any]:
+    try:
+        return normalise(rec)
+    except Exception as exc:  # noqa: BLE001 - keep the event, say what was not stored
+        why = exc.message if isinstance(exc, AuditError) else type(exc).__name__
+        return normalise(Record(
+            action=str(rec.action)[:64] or "unknown", decision=rec.decision, status=None,
+            actor=_str(rec.actor), tenant_id=_str(rec.tenant_id),
+            request_id=_str(rec.request_id), detail={"audit_error": why[:500]}))
 
 
 def _str(value: object) -> str | None:

@@ -119,11 +119,16 @@ def audit_export(
     ] = "jsonl",
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Write here (mode 0600) instead of standard output.")] = None,
+    open_personal: Annotated[bool, typer.Option(
+        "--open-personal", help="Also write each record's personal fields (client address, "
+        "purpose, kept text) in clear, where its subject was not erased. Off by default: "
+        "they stay sealed.")] = False,
 ) -> None:
     """Export the records of a time window, streaming, with their chain fields.
 
     The export is the unbroken run of records from the first made at/after --since to
-    the last made before --until, so a JSONL export verifies on its own."""
+    the last made before --until, so a JSONL export verifies on its own. Personal fields
+    stay sealed unless --open-personal."""
     from autoglm.audit.export import FORMATS, export
     from autoglm.audit.keys import AuditPaths
     from autoglm.audit.query import parse_time
@@ -142,12 +147,13 @@ def audit_export(
         try:
             if tmp is None:
                 summary = export(db, AuditPaths.under(settings.data_dir), sys.stdout.buffer,
-                                 since=start, until=end, fmt=fmt)
+                                 since=start, until=end, fmt=fmt, open_personal=open_personal)
             else:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "wb") as fh:
                     summary = export(db, AuditPaths.under(settings.data_dir), fh,
-                                     since=start, until=end, fmt=fmt)
+                                     since=start, until=end, fmt=fmt,
+                                     open_personal=open_personal)
                     os.fsync(fh.fileno())
                 os.replace(tmp, out)  # whole, or not at all
         finally:

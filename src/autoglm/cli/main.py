@@ -18,6 +18,7 @@ from autoglm.cli.bundle import bundle_app
 from autoglm.cli.identity import keys_app, principals_app, projects_app, tenants_app
 from autoglm.cli.model import model_app
 from autoglm.cli.output import err_console, fail
+from autoglm.cli.privacy import privacy_app
 from autoglm.cli.usage import usage as usage_command
 from autoglm.errors import AutoGLMError
 from autoglm.settings import Settings, load_settings
@@ -33,6 +34,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(model_app, name="model")
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(audit_app, name="audit")
+app.add_typer(privacy_app, name="privacy")
 app.command("usage")(usage_command)
 
 ConfigOpt = Annotated[

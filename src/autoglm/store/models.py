@@ -23,6 +23,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -168,7 +169,22 @@ class AuditRecord(Base):
     consent_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     count: Mapped[int] = mapped_column(Integer)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # personal fields, sealed under the data subject's key (``privacy.vault``; 0007)
+    personal: Mapped[str | None] = mapped_column(Text, nullable=True)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class SubjectKey(Base):
+    """The salt of one data subject's key for the personal fields of audit records
+    (``autoglm.privacy.vault``): the key is derived from it and the master key file.
+    Erasure sets ``salt`` to NULL; the row stays to say when."""
+
+    __tablename__ = "subject_keys"
+    kid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(80), index=True)
+    salt: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    erased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class AuditHead(Base):

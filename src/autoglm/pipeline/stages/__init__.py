@@ -18,6 +18,7 @@ from autoglm.pipeline.stages.audit import Audit
 from autoglm.pipeline.stages.authenticate import Authenticate
 from autoglm.pipeline.stages.authorize import Authorize
 from autoglm.pipeline.stages.guard import GuardInput, GuardOutput, PiiGuards
+from autoglm.pipeline.stages.keep_text import KeepAnswer, KeepPrompt
 from autoglm.pipeline.stages.prompt_log import PromptLog
 from autoglm.pipeline.stages.validate import Validate
 
@@ -33,6 +34,7 @@ class StageDeps:
     log_prompts: bool
     guards: PiiGuards
     audit: Any  # audit.AuditLog
+    text_tenants: frozenset[str] = frozenset()  # tenants whose texts their records keep
 
 
 def build_stages(deps: StageDeps, extra: dict[str, list[Stage]] | None = None) -> list[Stage]:
@@ -43,10 +45,12 @@ def build_stages(deps: StageDeps, extra: dict[str, list[Stage]] | None = None) -
         Authorize(deps.authz, deps.engines),
         Validate(),
         GuardInput(deps.guards),
+        *([KeepPrompt(deps.text_tenants)] if deps.text_tenants else []),
         *([PromptLog()] if deps.log_prompts else []),
         Admission(),
         EngineStage(),
         GuardOutput(deps.guards),
+        *([KeepAnswer()] if deps.text_tenants else []),
         Accounting(deps.metrics),
         Audit(deps.audit),
     ]

@@ -3,9 +3,11 @@
 The record is queued (``AuditLog.submit``) and group-committed off the request path within
 ``audit_flush_ms`` (``audit_strict`` makes the answer wait for it). Refusals (a 4xx before
 the engine: a bad key, a model the caller may not use, a blocked value) go through the
-folder, so a flood of identical ones is one record with a count per interval. No prompt
-or answer text is recorded; what the client wrote into the record (its request id, purpose,
-consent id) is stored with personal data masked.
+folder, so a flood of identical ones is one record with a count per interval. Prompt and
+answer text are recorded only for the tenants of ``audit_text_tenants`` (``keep_text``),
+as the guard left them; what the client wrote into the record (its request id, purpose,
+consent id) is stored with personal data masked. The client address, the purpose and the
+text are sealed under the caller's personal data key (``privacy.vault``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from autoglm.audit import AuditLog, Record
 from autoglm.errors import AutoGLMError
 from autoglm.pipeline.context import RequestContext
 from autoglm.pipeline.stage import Stage
+from autoglm.pipeline.stages.keep_text import kept_texts
 from autoglm.privacy import GuardPolicy, PiiGuard
 
 log = logging.getLogger("autoglm.audit")
@@ -55,7 +58,8 @@ class Audit(Stage):
             latency_ms=round((time.perf_counter() - ctx.started) * 1000, 3),
             detail={"transport": ctx.transport,
                     **({"code": ctx.error.code} if ctx.error is not None and ctx.error.code
-                       else {})})
+                       else {})},
+            text=kept_texts(ctx))
         try:
             if decision == "deny":
                 self.audit.record_refusal(rec, durable=False)

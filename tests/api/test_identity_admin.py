@@ -391,6 +391,26 @@ async def test_ids_that_cannot_exist_are_answered_without_the_database(setup) ->
     assert statements == []
 
 
+async def test_a_refused_path_is_audited_without_the_personal_data_in_it(setup) -> None:
+    """A path id is the caller's text: one that cannot be an id is refused unrecorded, an
+    id-shaped one holding personal data is recorded masked (issue 11)."""
+    client, h = setup["client"], bearer(setup["keys"]["bank/admin"])
+    with client.app.state.db.session() as s:
+        before = s.query(AuditRecord).count()
+    for path in ("/admin/v1/principals/zhang.wei@example.com",
+                 "/admin/v1/keys/11010519491231002X"):
+        r = await client.http.get(path, headers=h)
+        assert r.status_code == 404, r.text
+    with client.app.state.db.session() as s:
+        assert s.query(AuditRecord).count() == before  # named nothing: nothing recorded
+    r = await client.http.get("/admin/v1/principals/prn_13812345678", headers=h)
+    assert r.status_code == 404, r.text
+    with client.app.state.db.session() as s:
+        rec = s.query(AuditRecord).order_by(AuditRecord.seq.desc()).first()
+    assert (rec.action, rec.decision, rec.status) == ("principal.read", "deny", 404)
+    assert rec.resource == "prn_138****5678"
+
+
 async def test_a_tenant_uses_only_the_models_granted_to_it(setup) -> None:
     """A tenant admin sending no project used every model on the platform; now the tenant's
     grant bounds every caller of the tenant, and projects can only narrow it."""

@@ -5,6 +5,11 @@ refusal is a 404 when the caller has no standing in the object's tenant (so ids 
 another tenant cannot be told from ids that do not exist), and a 403 otherwise, which
 includes every platform-level resource. ``record`` writes an allowed act that the store
 does not write itself (engine changes).
+
+A refused request's resource and tenant come from its path, so they are the caller's
+text: they are recorded with personal data masked (``prn_138****5678``), as every field a
+client writes into an audit record is. (An id the store made, a prefix and 16 hex digits,
+reads as no category, short of a digits-only one that passes as a card number.)
 """
 
 from __future__ import annotations
@@ -14,9 +19,18 @@ from typing import Any
 from starlette.requests import Request
 
 from autoglm.errors import NotFoundError, PermissionDeniedError
+from autoglm.privacy import GuardPolicy, PiiGuard
 from autoglm.security.policy import Resource
 from autoglm.store.directory import Act, Directory
 from autoglm.store.models import valid_id
+
+# Immutable once built (a compiled scanner, as a compiled regex): every category masked,
+# whatever a tenant's policy lets through to a model.
+_MASK_ALL = PiiGuard(GuardPolicy(default="mask"))
+
+
+def _masked(text: str | None) -> str | None:
+    return _MASK_ALL.apply(text).text if text else text
 
 
 def ctx(request: Request) -> tuple[Any, Directory, Act]:
@@ -40,7 +54,8 @@ def check(request: Request, action: str, tenant_id: str | None,
     else:
         standing = any(b.tenant_id in (None, tenant_id) for b in identity.bindings)
         status = 403 if standing else 404
-    directory.record_denial(act, action, resource or (tenant_id or "platform"), tenant_id, status)
+    directory.record_denial(act, action, _masked(resource) or (_masked(tenant_id) or "platform"),
+                            _masked(tenant_id), status)
     if status == 404:
         raise NotFoundError("not found")
     raise PermissionDeniedError(f"not allowed: {action}")

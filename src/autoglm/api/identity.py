@@ -94,6 +94,8 @@ def _owned(request: Request, model: type, param: str, action: str,
     A missing object is checked against a tenant nobody has, so it answers exactly like an
     object of another tenant."""
     id_ = request.path_params[param]
+    if not valid_id(id_):
+        raise NotFoundError("not found")  # names nothing: no database, no audit row
     row = _ctx(request)[1].find(model, id_)
     _check(request, action, tenant_of(row) if row is not None else "?", resource=id_)
     if row is None:

@@ -49,7 +49,10 @@ class Audit(Stage):
             action="inference", decision=decision, status=status,
             actor=identity.id if identity is not None else None,
             key_id=getattr(identity, "key_id", None),
-            tenant_id=getattr(identity, "tenant_id", None), project_id=ctx.project,
+            tenant_id=getattr(identity, "tenant_id", None),
+            # a project the request was allowed in is a real one; any other is what the
+            # client wrote (OpenAI-Project), masked like the rest of it
+            project_id=ctx.project if decision == "allow" else self._clean(ctx.project),
             resource=ctx.model or "", client_addr=ctx.client, request_id=ctx.request_id,
             client_request_id=self._clean(ctx.client_request_id),
             purpose=self._clean(ctx.purpose), consent_id=self._clean(ctx.consent_id),

@@ -178,6 +178,14 @@ class RateLimitError(AutoGLMError):
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
+    headers: tuple[tuple[bytes, bytes], ...] = ()  # x-ratelimit-* where the limits stand
+
+
+class QuotaExceededError(RateLimitError):
+    """A tenant's daily token quota is used up (429, as OpenAI answers an exhausted quota)."""
+
+    type = "insufficient_quota"
+    code = "insufficient_quota"
 
 
 class ServiceUnavailableError(AutoGLMError):

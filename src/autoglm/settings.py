@@ -118,6 +118,15 @@ class ModelSpec(BaseModel):
         return self
 
 
+class LimitSpec(BaseModel):
+    """Limits of one key, project or tenant (``rate_limits``); null or 0: unlimited."""
+
+    model_config = ConfigDict(extra="forbid")
+    requests_per_minute: int | None = Field(None, ge=0)
+    tokens_per_minute: int | None = Field(None, ge=0)
+    tokens_per_day: int | None = Field(None, ge=0)
+
+
 class Settings(BaseSettings):
     """Effective configuration of one Open-AutoGLM server."""
 
@@ -192,6 +201,27 @@ class Settings(BaseSettings):
         "Unset: SQLite (WAL) at data_dir/autoglm.db.",
     )
 
+    # --- shared state (autoglm.state) -------------------------------------------------------
+    redis_url: SecretStr | None = Field(
+        None, description="Redis for state shared by every gateway process and replica "
+        "(limits, response cache, batch queue, locks), e.g. redis://127.0.0.1:6379/0. Unset: "
+        "each has its embedded form (in-process limits, a queue in the database).")
+    rate_limits: dict[Literal["key", "project", "tenant"], LimitSpec] = Field(
+        default_factory=dict,
+        description="Default limits of every key, project and tenant: requests_per_minute, "
+        "tokens_per_minute, and for tenants tokens_per_day. Unset: unlimited. One key, "
+        "project or tenant is set apart through PUT /admin/v1/limits/{scope}/{id}.")
+    rate_limit_window_s: float = Field(
+        60.0, gt=0, le=3600, description="The 'minute' of the per-minute limits, in seconds "
+        "(shorter only for tests).")
+    rate_limit_lease_fraction: float = Field(
+        0.02, gt=0, le=1, description="With redis_url: the share of a limit a process leases "
+        "from Redis at a time and then spends without a round trip (at most this much per "
+        "process goes unused when a window ends).")
+    redis_prefix: str = Field(
+        "autoglm:", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="Prefix of every Redis key this deployment writes.")
+
     # --- audit (autoglm.audit) ------------------------------------------------------------
     audit_flush_ms: int = Field(
         10, ge=0, le=1000, description="Longest a queued audit record (an inference request's) "
@@ -219,6 +249,22 @@ class Settings(BaseSettings):
     audit_fold_s: float = Field(
         1.0, gt=0, le=3600, description="Identical refusals (same actor, key, client, action "
         "and status) within this many seconds are folded into one audit record with a count.")
+
+    # --- batch API (autoglm.batch) -----------------------------------------------------------
+    batch_file_max_bytes: int = Field(
+        100 * 1024 * 1024, ge=1024, le=1 << 34, description="Largest batch input file "
+        "(POST /v1/files) in bytes; the upload is also bounded by max_body_bytes.")
+    batch_max_lines: int = Field(
+        50_000, ge=1, le=1_000_000, description="Most requests in one batch input file.")
+    batch_concurrency: int = Field(
+        2, ge=0, le=256, description="Batch lines this process runs at once, each only when "
+        "its model has a free slot and no live request waiting; 0: this process runs none.")
+    batch_lease_s: float = Field(
+        60.0, ge=1, le=3600, description="How long a claimed batch line stays with its worker "
+        "without a heartbeat; the line of a worker that died runs again after it.")
+    batch_poll_s: float = Field(
+        1.0, gt=0, le=60, description="How often an idle batch worker looks for lines, and "
+        "about how soon a cancel reaches the lines in flight.")
 
     policy_file: Path | None = Field(
         None, description="Authorization policy (YAML, role x action x scope); reloaded when it "

@@ -28,6 +28,7 @@ from autoglm.audit import AuditLog, Record
 from autoglm.engine.base import Engine
 from autoglm.engine.factory import build_engines
 from autoglm.errors import AutoGLMError, ConfigError
+from autoglm.limits import LimitBook, Meter
 from autoglm.pipeline.service import InferenceService
 from autoglm.pipeline.stage import Stage
 from autoglm.pipeline.stages import StageDeps, build_stages
@@ -36,6 +37,7 @@ from autoglm.security.access import Authorizer
 from autoglm.security.auth import bootstrap
 from autoglm.security.policy import PolicyStore
 from autoglm.settings import Settings
+from autoglm.state.redis import RedisLink
 from autoglm.store.db import Database, database_url
 from autoglm.store.directory import Directory
 
@@ -71,6 +73,11 @@ def create_app(
     auth = bootstrap(settings, announce or _log_announce, db, generate=make_admin_key,
                      audit=audit)
     metrics = Metrics()
+    link = (RedisLink(settings.redis_url.get_secret_value(), prefix=settings.redis_prefix)
+            if settings.redis_url is not None else None)  # state shared across processes
+    meter = Meter(LimitBook({s: v.model_dump() for s, v in settings.rate_limits.items()}, db),
+                  window_s=settings.rate_limit_window_s, link=link,
+                  lease_fraction=settings.rate_limit_lease_fraction)
     # Unix socket paths are limited to ~100 bytes: keep them short, private and per-app.
     # The directory is made (0700, must not exist yet) and removed by the lifespan.
     run_dir = Path(tempfile.gettempdir()) / f"autoglm-{os.getpid()}-{secrets.token_hex(4)}"
@@ -102,6 +109,7 @@ def create_app(
                 Record(action="model.load", resource=model, model=model,
                        detail={"verification": e.model.verification or {}})
                 for model, e in engine_map.items()])
+            await meter.start()  # the limits admins set, and reconciling with Redis
             if settings.grpc_port is not None:  # gRPC beside REST, over the same service
                 from autoglm.rpc.server import RpcServer  # grpc is loaded only when used
 
@@ -123,6 +131,9 @@ def create_app(
                     await rpc.stop(grace=RPC_GRACE_S)
                 await asyncio.gather(*(e.close() for e in engine_map.values()),
                                      return_exceptions=True)
+                await meter.stop()
+                if link is not None:
+                    await link.close()
             finally:
                 shutil.rmtree(run_dir, ignore_errors=True)
                 try:  # every queued record committed before the database goes
@@ -142,7 +153,8 @@ def create_app(
         StageDeps(auth=auth, authz=authz, engines=engine_map, metrics=metrics,
                   log_prompts=settings.log_prompts,
                   guards=PiiGuards(settings.pii_actions, settings.pii_tenant_actions),
-                  audit=audit, text_tenants=frozenset(settings.audit_text_tenants)),
+                  audit=audit, text_tenants=frozenset(settings.audit_text_tenants),
+                  meter=meter, default_max_tokens=settings.default_max_tokens),
         extra_stages))
     routes = [Route(r.path, r.endpoint, methods=[r.method]) for r in ROUTES]
     middleware = []
@@ -170,6 +182,8 @@ def create_app(
     app.state.service = service
     app.state.db = db
     app.state.audit = audit
+    app.state.meter = meter
+    app.state.redis = link
     app.state.directory = Directory(db, audit)
     app.state.openapi = openapi.build(ROUTES)
     return app

@@ -47,9 +47,18 @@ async def readyz(request: Request) -> JSONResponse:
             "latency_ms": None if h.latency_ms is None else round(h.latency_ms, 3),
             **h.detail,
         }
-    ready = bool(checks) and all(c["status"] == "ready" for c in checks.values())
+    ready = bool(checks) and all(c["status"] == "ready" for c in checks.values()
+                                 if c["kind"] == "engine")
     headers = {} if ready else {"retry-after": "1"}
     body: dict = {"status": "ready" if ready else "not_ready"}
+    redis = request.app.state.redis
+    if redis is not None:  # Redis away: still serving (limits per process), but degraded
+        await redis.ping()
+        checks["redis"] = {"kind": "redis", "status": "degraded" if redis.down else "ready",
+                           "where": redis.where,
+                           **({"reason": redis.reason} if redis.down else {})}
+        if ready and redis.down:
+            body["status"] = "degraded"
     if await may_see_operations(request):
         body["checks"] = checks
     return JSONResponse(

@@ -152,7 +152,7 @@ class GatewayMiddleware:
             if message["type"] == "http.response.start":
                 status_box[0] = message["status"]
                 message["headers"] = [*message.get("headers", []), *id_headers,
-                                      *self.always_headers]
+                                      *ctx.response_headers, *self.always_headers]
             await send(message)
 
         try:

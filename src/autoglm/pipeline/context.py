@@ -32,6 +32,8 @@ class RequestContext:
     outcome: Outcome = "pending"
     error: AutoGLMError | None = None
     state: dict[str, Any] = field(default_factory=dict)  # stage-private state, by stage name
+    # headers a stage adds to the response, errors included (x-ratelimit-*)
+    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     @property
     def owner(self) -> str:

@@ -174,6 +174,19 @@ class AuditRecord(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
 
+class RateLimit(Base):
+    """Limits an admin set for one key, project or tenant (``autoglm.limits``): each
+    non-null field replaces the scope's default from the settings; 0 is unlimited."""
+
+    __tablename__ = "rate_limits"
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)  # key | project | tenant
+    scope_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tokens_per_minute: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    tokens_per_day: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class SubjectKey(Base):
     """The salt of one data subject's key for the personal fields of audit records
     (``autoglm.privacy.vault``): the key is derived from it and the master key file.
@@ -229,3 +242,94 @@ class UsageRollup(Base):
     latency_sum_ms: Mapped[float] = mapped_column(Float)
     latency_max_ms: Mapped[float] = mapped_column(Float)
     latency_hist: Mapped[list[int]] = mapped_column(JSON)
+
+
+# --- the Files and Batch API (``autoglm.batch``; migration 0009) ------------------------------
+class StoredFile(Base):
+    """An uploaded batch input file or a batch's output/error file. The bytes are in
+    ``data_dir/files/<id>`` (0600); the row is what the API shows and whose it is."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_tenant_id", "tenant_id", "id"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    project_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    principal_id: Mapped[str] = mapped_column(String(32))  # who uploaded it (or ran the batch)
+    purpose: Mapped[str] = mapped_column(String(16))  # batch | batch_output
+    filename: Mapped[str] = mapped_column(String(256))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    lines: Mapped[int] = mapped_column(Integer)  # requests in it (batch input files)
+    endpoint: Mapped[str | None] = mapped_column(String(32), nullable=True)  # its lines' url
+    model: Mapped[str | None] = mapped_column(String(128), nullable=True)  # when all agree
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Batch(Base):
+    """A batch: what it runs, whose it is, where it stands. ``key_id`` is the key that
+    created it, whose (current) identity every line runs under (``batch.owner``)."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_tenant_id", "tenant_id", "id"),
+                      Index("ix_batches_status", "status"))
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    project_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    principal_id: Mapped[str] = mapped_column(String(32))
+    key_id: Mapped[str] = mapped_column(String(32))
+    endpoint: Mapped[str] = mapped_column(String(32))
+    input_file_id: Mapped[str] = mapped_column(String(32))
+    completion_window: Mapped[str] = mapped_column(String(8))
+    model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    errors: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    total: Mapped[int] = mapped_column(Integer)
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_file_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    error_file_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    finalize_until: Mapped[float | None] = mapped_column(Float, nullable=True)  # its lease
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    in_progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                            nullable=True)
+    finalizing_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                           nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    cancelling_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                           nullable=True)
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class BatchLine(Base):
+    """One request of a batch and, once it ran, its output line (written once)."""
+
+    __tablename__ = "batch_lines"
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    custom_id: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)  # the request body, JSON
+    result: Mapped[str | None] = mapped_column(Text, nullable=True)  # the output line, JSON
+    ok: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # output or error file
+
+
+class QueuedLine(Base):
+    """The embedded batch queue (``batch.queue.DatabaseQueue``): one row per line still to
+    deliver. ``run_after`` (epoch seconds) is when it may be claimed: its creation, or the
+    end of its claim's lease, so a line whose worker died is claimed again after it."""
+
+    __tablename__ = "batch_queue"
+    __table_args__ = (UniqueConstraint("batch_id", "idx", name="uq_batch_queue_line"),
+                      Index("ix_batch_queue_run_after", "run_after", "id"))
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(String(32))
+    idx: Mapped[int] = mapped_column(Integer)
+    run_after: Mapped[float] = mapped_column(Float)
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    deliveries: Mapped[int] = mapped_column(Integer, default=0)

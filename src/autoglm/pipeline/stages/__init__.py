@@ -19,6 +19,7 @@ from autoglm.pipeline.stages.authenticate import Authenticate
 from autoglm.pipeline.stages.authorize import Authorize
 from autoglm.pipeline.stages.guard import GuardInput, GuardOutput, PiiGuards
 from autoglm.pipeline.stages.keep_text import KeepAnswer, KeepPrompt
+from autoglm.pipeline.stages.limits import Limit
 from autoglm.pipeline.stages.prompt_log import PromptLog
 from autoglm.pipeline.stages.validate import Validate
 
@@ -35,6 +36,8 @@ class StageDeps:
     guards: PiiGuards
     audit: Any  # audit.AuditLog
     text_tenants: frozenset[str] = frozenset()  # tenants whose texts their records keep
+    meter: Any = None  # limits.Meter; None: no limits stage
+    default_max_tokens: int = 512
 
 
 def build_stages(deps: StageDeps, extra: dict[str, list[Stage]] | None = None) -> list[Stage]:
@@ -43,6 +46,7 @@ def build_stages(deps: StageDeps, extra: dict[str, list[Stage]] | None = None) -
     stages: list[Stage] = [
         Authenticate(deps.auth),
         Authorize(deps.authz, deps.engines),
+        *([Limit(deps.meter, deps.default_max_tokens)] if deps.meter is not None else []),
         Validate(),
         GuardInput(deps.guards),
         *([KeepPrompt(deps.text_tenants)] if deps.text_tenants else []),

@@ -1,0 +1,1 @@
+"""State shared by every gateway process and replica: Redis when ``redis_url`` is set."""

@@ -199,6 +199,9 @@ EXPECTED = {
     "key.revoke": {"platform_admin", "tenant_admin"},
     "policy.read": {"platform_admin"}, "policy.validate": {"platform_admin"},
     "engine.read": {"platform_admin"}, "engine.write": {"platform_admin"},
+    # a project's limits (LIMITS below): its tenant's admins (a tenant's own: platform only)
+    "limit.read": {"platform_admin", "tenant_admin"},
+    "limit.write": {"platform_admin", "tenant_admin"},
     # a tenant admin reads their own tenant's audit records (named by ?tenant=, QUERY below)
     "audit.read": {"platform_admin", "tenant_admin"},
     # usage of a project (named by ?project=): its members and guests read it too
@@ -270,7 +273,8 @@ async def test_isolation_matrix(setup) -> None:
                 bnd = (await client.post(f"/admin/v1/principals/{prn['id']}/bindings",
                                          {"role": "guest", "project_id": ids[f"{t}/main"]})).json()
                 key = (await client.post(f"/admin/v1/principals/{prn['id']}/keys", {})).json()
-                url = (path.replace("{tenant}", ids[t]).replace("{project}", ids[f"{t}/main"])
+                url = (path.replace("{scope}/{id}", f"project/{ids[f'{t}/main']}")
+                       .replace("{tenant}", ids[t]).replace("{project}", ids[f"{t}/main"])
                        .replace("{principal}", prn["id"]).replace("{binding}", bnd["id"])
                        .replace("{key}", key["id"]).replace("{model}", MODEL)
                        .replace("{name}", "embedded"))

@@ -30,8 +30,11 @@ class Producer(NamedTuple):
 
 PRODUCERS: Mapping[str, Producer] = {
     # what creates an object names it
-    "create_tenant": Producer("201", {"tenant": ID}),
+    # (and its limits: /admin/v1/limits/{scope}/{id}, the scope a constant)
+    "create_tenant": Producer("201", {"tenant": ID, "scope": "tenant", "id": ID}),
     "create_project": Producer("201", {"project": ID}),
+    "create_file": Producer("200", {"file_id": ID}),  # OpenAI answers 200, not 201
+    "create_batch": Producer("200", {"batch_id": ID}),
     "create_principal": Producer("201", {"principal": ID}),
     "create_binding": Producer("201", {"binding": ID}),
     "create_key": Producer("201", {"key": ID}),
@@ -43,6 +46,8 @@ PRODUCERS: Mapping[str, Producer] = {
     "list_projects": Producer("200", {"project": FIRST}),
     "list_principals": Producer("200", {"principal": FIRST}),
     "list_keys": Producer("200", {"key": FIRST}),
+    "list_files": Producer("200", {"file_id": FIRST}),
+    "list_batches": Producer("200", {"batch_id": FIRST}),
     "list_engines": Producer("200", {"model": "$response.body#/data/0/model"}),
 }
 

@@ -25,9 +25,11 @@ from autoglm.store.models import (
     Base,
     Principal,
     Project,
+    RateLimit,
     RoleBinding,
     Tenant,
     new_id,
+    utcnow,
     valid_id,
 )
 from autoglm.timefmt import stamp
@@ -137,6 +139,25 @@ class Directory:
             self._commit(s, act, "tenant.grant", t.id, t.id,
                          {"granted_models": t.granted_models, "previous": before})
             return t
+
+    def set_limits(self, act: Act, scope: str, scope_id: str, tenant_id: str | None,
+                   values: dict[str, int | None]) -> None:
+        """Set (or, all null, clear) one key's, project's or tenant's own limits."""
+        with self.db.session() as s:
+            row = s.get(RateLimit, (scope, scope_id))
+            before = ({f: getattr(row, f) for f in values} if row is not None else {})
+            if all(v is None for v in values.values()):
+                if row is not None:
+                    s.delete(row)
+            else:
+                if row is None:
+                    row = RateLimit(scope=scope, scope_id=scope_id)
+                    s.add(row)
+                for name, value in values.items():
+                    setattr(row, name, value)
+                row.updated_at = utcnow()
+            self._commit(s, act, "limit.set", f"{scope}:{scope_id}", tenant_id,
+                         {"limits": values, "previous": before})
 
     def create_project(self, act: Act, tenant_id: str, name: str, models: list[str]) -> Project:
         with self.db.session() as s:

@@ -61,6 +61,7 @@ class LimitBook:
         self._lock = threading.Lock()
         self._overrides: dict[tuple[str, str], dict[str, int | None]] = {}
         self._defaults_active = any(lim.any for lim in self.defaults.values())
+        self.version = 0  # moves with every change: what callers cached from the book is old
 
     def of(self, scope: str, ident: str | None) -> Limits | None:
         """The effective limits of one key/project/tenant, or None when it has none."""
@@ -93,7 +94,9 @@ class LimitBook:
             log.warning("rate limits not reloaded", extra={"reason": str(exc.orig)[:200]})
             return
         with self._lock:
-            self._overrides = fresh
+            if fresh != self._overrides:
+                self._overrides = fresh
+                self.version += 1
 
     def put(self, scope: str, ident: str, values: Mapping[str, int | None]) -> None:
         """Record a change made in this process (it is in the database already)."""
@@ -104,3 +107,4 @@ class LimitBook:
             else:
                 fresh.pop((scope, ident), None)
             self._overrides = fresh
+            self.version += 1

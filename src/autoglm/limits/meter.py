@@ -32,6 +32,7 @@ from autoglm.state.redis import RedisDown, RedisLink
 
 log = logging.getLogger("autoglm.limits")
 DAY_S = 86_400.0
+BUCKET_CACHE_MAX = 10_000  # (key, project, tenant) combinations whose buckets are kept
 
 # Leases for the buckets a request is short of: KEYS are the buckets, ARGV four numbers
 # per bucket (ttl ms, limit, wanted, needed). Each bucket grants what it has room for, up
@@ -107,10 +108,26 @@ class Meter:
         self._expiry: dict[str, float] = {}  # bucket -> when its window ends
         self._tasks: list[asyncio.Task[None]] = []
         self._script = None
+        self._bucket_cache: dict[tuple[str | None, ...], tuple[list[Bucket], float, int]] = {}
 
     # --- deciding ---------------------------------------------------------------------------
     def buckets(self, key_id: str | None, project: str | None, tenant: str | None,
                 now: float) -> list[Bucket]:
+        """The buckets a request of this key, project and tenant is charged to now (the
+        same list until a window ends or the limits change)."""
+        who = (key_id, project, tenant)
+        hit = self._bucket_cache.get(who)
+        if hit is not None and hit[1] > now and hit[2] == self.book.version:
+            return hit[0]
+        out = self._make_buckets(key_id, project, tenant, now)
+        if len(self._bucket_cache) >= BUCKET_CACHE_MAX:
+            self._bucket_cache.pop(next(iter(self._bucket_cache)))  # the oldest entry
+        self._bucket_cache[who] = (out, min((b.resets_at for b in out), default=now + 1.0),
+                                   self.book.version)
+        return out
+
+    def _make_buckets(self, key_id: str | None, project: str | None, tenant: str | None,
+                      now: float) -> list[Bucket]:
         out: list[Bucket] = []
         for scope, ident in (("key", key_id), ("project", project), ("tenant", tenant)):
             lim = self.book.of(scope, ident)

@@ -312,9 +312,10 @@ def rotate_key(request: Request, body: bytes) -> JSONResponse:
     _, directory, act = _ctx(request)
     args: RotateIn = parse(RotateIn, json_body(body) if body else {})
     grace = timedelta(0) if args.immediate else timedelta(hours=args.grace_hours)
-    secret, new = request.app.state.auth.keys.rotate(
-        key.id, grace, also=directory.audited(act, "key.rotate", tenant,
-                                              {"grace_hours": grace.total_seconds() / 3600}))
+    with request.app.state.locks.hold(f"key-rotate:{key.id}", what=f"a rotation of {key.id}"):
+        secret, new = request.app.state.auth.keys.rotate(
+            key.id, grace, also=directory.audited(act, "key.rotate", tenant,
+                                                  {"grace_hours": grace.total_seconds() / 3600}))
     return JSONResponse({**view(new), "key": secret, "rotated_from": key.id}, status_code=201)
 
 

@@ -23,6 +23,7 @@ from rich.table import Table
 from autoglm.cli.output import fail
 from autoglm.errors import AutoGLMError
 from autoglm.settings import load_settings
+from autoglm.state.locks import Locks
 from autoglm.supply import manifest as mf
 from autoglm.supply.registry import Registry
 
@@ -247,7 +248,7 @@ def model_pull(repo: Annotated[str, typer.Argument(help="Repository, ORG/NAME.")
         settings = load_settings(config)
         puller = Puller(Registry(settings.data_dir), retries=settings.pull_retries,
                         backoff_s=settings.pull_backoff_s, timeout_s=settings.pull_timeout_s,
-                        reporter=reporter)
+                        reporter=reporter, locks=Locks.from_settings(settings))
         result = puller.pull(PullRequest(repo=repo, source=source, revision=revision,
                                          endpoint=endpoint, include=list(include or []),
                                          name=name, allow_unhashed=allow_unhashed))

@@ -38,6 +38,7 @@ from autoglm.errors import (
     NotFoundError,
     StorageFullError,
 )
+from autoglm.state.locks import Locks
 from autoglm.supply import manifest as mf
 from autoglm.supply.hubs import RemoteFile, Snapshot, hub_for
 from autoglm.supply.registry import Registry
@@ -113,8 +114,10 @@ def _valid_repo(repo: str) -> str:
 
 class Puller:
     def __init__(self, registry: Registry, *, retries: int = 6, backoff_s: float = 1.0,
-                 timeout_s: float = 60.0, reporter: Reporter | None = None) -> None:
+                 timeout_s: float = 60.0, reporter: Reporter | None = None,
+                 locks: Locks | None = None) -> None:
         self.registry = registry
+        self.locks = locks or Locks(None)  # with Redis: one pull of a name across hosts
         self.reporter = reporter or Quiet()
         self.backoff = Backoff(retries=retries, base=backoff_s, on_retry=self.reporter.retrying)
         self.timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 15.0))
@@ -124,7 +127,8 @@ class Puller:
     @contextmanager
     def _locked(self, name: str) -> Iterator[None]:
         self.incoming.mkdir(parents=True, exist_ok=True)
-        with (self.incoming / f"{name}.lock").open("a+") as fh:
+        with self.locks.hold(f"pull:{name}", what=f"a pull of {name}"), \
+                (self.incoming / f"{name}.lock").open("a+") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

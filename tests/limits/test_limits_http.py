@@ -79,3 +79,32 @@ async def test_shared_through_redis_and_inference_survives_its_outage(
         await asyncio.sleep(redis.retry_s + 0.1)  # then the next call probes, and finds it
         ready = await client.get("/readyz")
         assert ready.json()["status"] == "ready" and not redis.down
+
+
+async def test_over_grpc_the_headers_are_trailing_metadata(tmp_path) -> None:  # noqa: ANN001
+    import grpc
+
+    from autoglm.rpc.gen.autoglm.v1 import inference_pb2 as pb
+    from autoglm.rpc.gen.autoglm.v1 import inference_pb2_grpc as pb_grpc
+    from tests.conftest import ADMIN_KEY
+
+    settings = make_settings(tmp_path / "data", grpc_port=0,
+                             rate_limits={"key": {"requests_per_minute": 1}})
+    req = pb.ChatCompletionRequest(model=MODEL, max_tokens=1,
+                                   messages=[pb.ChatMessage(role="user", content="Hi")])
+    auth = (("authorization", f"Bearer {ADMIN_KEY}"),)
+    async for client in start_app(settings):
+        port = client.app.state.rpc.port
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.InferenceStub(channel)
+            call = stub.ChatCompletion(req, metadata=auth, timeout=60)
+            await call
+            trailing = dict(await call.trailing_metadata())
+            assert trailing["x-ratelimit-remaining-requests"] == "0"
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.ChatCompletion(req, metadata=auth, timeout=60)
+            err = caught.value
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            md = dict(err.trailing_metadata())
+            assert md["x-openai-error-code"] == "rate_limit_exceeded" and int(md["retry-after"]) >= 1
+            assert md["x-ratelimit-limit-requests"] == "1"

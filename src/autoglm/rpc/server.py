@@ -130,8 +130,20 @@ class _Call:
             trailers.append(("x-openai-error-code", err.code))
         if err.retry_after is not None:
             trailers.append(("retry-after", str(max(1, math.ceil(err.retry_after)))))
+        trailers += self.stage_metadata()
         await self.context.abort(status_code(err.status), orjson.dumps(err.to_dict()).decode(),
                                  tuple(trailers))
+
+    def stage_metadata(self) -> list[tuple[str, str]]:
+        """What the stages add to an answer (x-ratelimit-*), as trailing metadata: the
+        initial metadata went out before the stages ran."""
+        return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.ctx.response_headers]
+
+    def succeeded(self) -> None:
+        self.status = 200
+        extra = self.stage_metadata()
+        if extra:
+            self.context.set_trailing_metadata(tuple(extra))
 
     def end(self, state: Any) -> None:
         elapsed = time.perf_counter() - self.ctx.started
@@ -200,7 +212,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             req = InferenceRequest(api.kind, body=api.body(request, stream=False))
             answer = await self.state.service.open(call.ctx, req)
             result = await OpenAIEncoder(req, answer).collect(answer)  # closes the answer
-            call.status = 200
+            call.succeeded()
             return api.whole(result)
         except Exception as exc:  # noqa: BLE001 - the one place errors become statuses
             await call.abort(exc)
@@ -228,7 +240,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     elif isinstance(ev, Finished):
                         await context.write(api.chunk(enc.usage_chunk(ev)))
                         break
-            call.status = 200
+            call.succeeded()
         except Exception as exc:  # noqa: BLE001 - the one place errors become statuses
             await call.abort(exc)
         finally:

@@ -153,3 +153,15 @@ async def test_redis_down_means_per_process_limits_then_recovery(
     assert int(await link.client.get(link.key("rl", bucket))) >= 1
     assert dict(d.headers)[b"x-ratelimit-remaining-requests"] == b"4"
     await link.close()
+
+
+async def test_lower_priority_work_leaves_the_rest_of_a_limit_to_live_calls() -> None:
+    m = meter({"key": {"requests_per_minute": 10}}, clock=Clock())
+    for _ in range(8):
+        await m.take("key_a", None, None, 1, share=0.8)
+    with pytest.raises(RateLimitError, match="kept for live requests"):
+        await m.take("key_a", None, None, 1, share=0.8)
+    await m.take("key_a", None, None, 1)  # a live call still fits
+    await m.take("key_a", None, None, 1)
+    with pytest.raises(RateLimitError):
+        await m.take("key_a", None, None, 1)

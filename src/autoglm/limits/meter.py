@@ -144,15 +144,23 @@ class Meter:
         return out
 
     async def take(self, key_id: str | None, project: str | None, tenant: str | None,
-                   tokens: int) -> Decision:
+                   tokens: int, *, share: float = 1.0) -> Decision:
         """Charge one request and ``tokens`` reserved tokens to every bucket that applies,
-        or raise ``RateLimitError`` / ``QuotaExceededError`` (nothing charged)."""
+        or raise ``RateLimitError`` / ``QuotaExceededError`` (nothing charged).
+
+        ``share`` < 1: a request of lower priority (a batch line) that may only use that
+        share of each limit, leaving the rest to live traffic."""
         now = self.clock()
         buckets = self.buckets(key_id, project, tenant, now)
         if not buckets:
             return Decision()
         costs = [(b, 1 if b.kind == "requests" else tokens) for b in buckets]
         try:
+            if share < 1.0:
+                for b, cost in costs:
+                    used = b.limit - self._left(b)
+                    if used + cost > b.limit * share:
+                        self._refuse(b, used, cost, now, share=share)
             shared = False
             if self.link is not None and self.link.available:
                 short = [(b, c) for b, c in costs if self._allow.get(b.name, 0) < c]
@@ -217,10 +225,15 @@ class Meter:
             self._expiry[b.name] = b.resets_at
         return True
 
-    def _refuse(self, b: Bucket, used: int, cost: int, now: float) -> None:
+    def _refuse(self, b: Bucket, used: int, cost: int, now: float,
+                share: float = 1.0) -> None:
         wait = max(0.001, b.resets_at - now)
         what = _LABEL[b.kind]
-        if cost > b.limit:
+        if share < 1.0:
+            msg = (f"Batch work may use {share:.0%} of the {what} limit on {b.scope} {b.ident} "
+                   f"({b.limit}); the rest is kept for live requests. Used {max(0, used)}; "
+                   f"try again in {reset_text(wait)}.")
+        elif cost > b.limit:
             msg = (f"This request needs {cost} tokens and the {what} limit of {b.scope} "
                    f"{b.ident} is {b.limit}: lower max_tokens")
         else:

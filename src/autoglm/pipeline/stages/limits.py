@@ -6,7 +6,10 @@ estimate of the prompt: a quarter of its characters) and settled to the real usa
 ends, refused or not. A request over a limit gets a 429 in the OpenAI shape with
 ``Retry-After``; every response of a limited caller carries OpenAI's
 ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` headers (the tightest of its
-limits). With no limit configured anywhere the stage costs one attribute read.
+limits). Batch lines (transport ``batch``) have a lower priority: they may use only
+``rate_limit_batch_share`` of each limit, and the batch worker retries a refused line
+later instead of failing it. With no limit configured anywhere the stage costs one
+attribute read.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from autoglm.pipeline.stage import Stage
 class Limit(Stage):
     name = "limits"
 
-    def __init__(self, meter: Meter, default_max_tokens: int) -> None:
+    def __init__(self, meter: Meter, default_max_tokens: int, batch_share: float = 0.8) -> None:
         self.meter = meter
         self.default_max_tokens = default_max_tokens
+        self.batch_share = batch_share  # batch lines leave the rest of each limit to live calls
 
     def reserve(self, req: InferenceRequest) -> int:
         body = req.body
@@ -38,7 +42,8 @@ class Limit(Stage):
         try:
             decision = await self.meter.take(
                 getattr(identity, "key_id", None), ctx.project,
-                getattr(identity, "tenant_id", None), self.reserve(req))
+                getattr(identity, "tenant_id", None), self.reserve(req),
+                share=self.batch_share if ctx.transport == "batch" else 1.0)
         except RateLimitError as exc:
             ctx.response_headers.extend(getattr(exc, "headers", ()))
             raise

@@ -168,10 +168,27 @@ class MethodNotAllowedError(AutoGLMError):
     code = "method_not_allowed"
 
 
+class LockBusyError(AutoGLMError):
+    """A single-flight operation (a pull, a key rotation) is under way elsewhere."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "operation_in_progress"
+
+
 class PayloadTooLargeError(AutoGLMError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class FileTooLargeError(AutoGLMError):
+    """An upload over its own limit (``batch_file_max_bytes``), found once the body was
+    read: not a ``PayloadTooLargeError``, whose answer first drains an unread body."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "file_too_large"
 
 
 class RateLimitError(AutoGLMError):

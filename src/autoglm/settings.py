@@ -214,6 +214,9 @@ class Settings(BaseSettings):
     rate_limit_window_s: float = Field(
         60.0, gt=0, le=3600, description="The 'minute' of the per-minute limits, in seconds "
         "(shorter only for tests).")
+    rate_limit_batch_share: float = Field(
+        0.8, gt=0, le=1, description="The share of each limit batch lines may use; the rest "
+        "is kept for live requests (a refused line is retried later, not failed).")
     rate_limit_lease_fraction: float = Field(
         0.02, gt=0, le=1, description="With redis_url: the share of a limit a process leases "
         "from Redis at a time and then spends without a round trip (at most this much per "
@@ -221,6 +224,25 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(
         "autoglm:", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
         description="Prefix of every Redis key this deployment writes.")
+
+    # --- response cache (autoglm.cache) -----------------------------------------------------
+    response_cache_tenants: list[str] = Field(
+        default_factory=list, description="Tenant ids whose deterministic requests "
+        "(temperature 0, or a seed) are answered from the response cache when the same "
+        "request was answered before (never across tenants). Any request opts in with the "
+        "header X-AutoGLM-Cache: use, and out with X-AutoGLM-Cache: skip. Empty: only "
+        "requests that ask.")
+    response_cache_ttl_s: float = Field(
+        3600.0, gt=0, le=30 * 86_400, description="How long a cached answer is kept, in "
+        "seconds.")
+    response_cache_max_entries: int = Field(
+        10_000, ge=1, le=10_000_000, description="Without redis_url: answers this process "
+        "keeps at most (the least recently used go first). With redis_url the cache is in "
+        "Redis, shared, bounded by Redis's maxmemory.")
+    response_cache_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=4096, le=1 << 40, description="Without redis_url: bytes of "
+        "cached answers this process keeps at most; an answer over a sixteenth of it is not "
+        "kept.")
 
     # --- audit (autoglm.audit) ------------------------------------------------------------
     audit_flush_ms: int = Field(

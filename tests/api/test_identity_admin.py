@@ -209,11 +209,57 @@ EXPECTED = {
     # /v1: using (and seeing) the project's model
     "inference": {"platform_admin", "tenant_admin", "member"},
     "model.list": {"platform_admin", "tenant_admin", "member", "guest"},
+    # /v1/files and /v1/batches of the project: its guests follow its batches, no more
+    "file.create": {"platform_admin", "tenant_admin", "member"},
+    "file.read": {"platform_admin", "tenant_admin", "member"},
+    "file.delete": {"platform_admin", "tenant_admin", "member"},
+    "job.create": {"platform_admin", "tenant_admin", "member"},
+    "job.read": {"platform_admin", "tenant_admin", "member", "guest"},
+    "job.cancel": {"platform_admin", "tenant_admin", "member"},
 }
 
 
 # routes that name their tenant or project in the query, not the path: the matrix names it there
 QUERY = {"audit.read": "?tenant={tenant}", "usage.read": "?project={project}"}
+
+
+BATCH_FILE = (b'{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":'
+              b'{"model":"%s","max_tokens":2,"messages":[{"role":"user","content":"hi"}]}}\n'
+              % MODEL.encode())
+
+
+async def _batch_allowed(client, method: str, path: str, headers: dict) -> tuple[bool, int]:
+    """(allowed, status) for a /v1/files or /v1/batches route, on a file and a batch the
+    platform admin just made in the project the caller names: a list is allowed when it
+    shows them."""
+    http, project = client.http, {"OpenAI-Project": headers["OpenAI-Project"]}
+    made = {}
+    for kind, route, body in (("file", "/v1/files", None), ("batch", "/v1/batches", True)):
+        if body is None:
+            r = await http.post(route, headers={**client.auth, **project},
+                                files={"file": ("in.jsonl", BATCH_FILE)},
+                                data={"purpose": "batch"})
+        else:
+            r = await http.post(route, headers={**client.auth, **project}, json={
+                "input_file_id": made["file"], "endpoint": "/v1/chat/completions",
+                "completion_window": "24h"})
+        assert r.status_code == 200, r.text
+        made[kind] = r.json()["id"]
+    url = path.replace("{file_id}", made["file"]).replace("{batch_id}", made["batch"])
+    if method == "POST" and path == "/v1/files":
+        r = await http.post(url, headers=headers, files={"file": ("in.jsonl", BATCH_FILE)},
+                            data={"purpose": "batch"})
+    elif method == "POST" and path == "/v1/batches":
+        r = await http.post(url, headers=headers, json={
+            "input_file_id": made["file"], "endpoint": "/v1/chat/completions",
+            "completion_window": "24h"})
+    elif method == "GET" and path in ("/v1/files", "/v1/batches"):
+        r = await http.get(url, headers=headers)
+        mine = made["file" if path == "/v1/files" else "batch"]
+        return mine in {x["id"] for x in r.json()["data"]}, r.status_code
+    else:
+        r = await http.request(method, url, headers=headers)
+    return r.status_code == 200, r.status_code
 
 
 async def _v1_allowed(http, method: str, path: str, headers: dict) -> tuple[bool, int]:
@@ -233,6 +279,7 @@ async def _v1_allowed(http, method: str, path: str, headers: dict) -> tuple[bool
 
 async def test_v1_isolation_matrix(setup) -> None:
     client, ids, keys = setup["client"], setup["ids"], setup["keys"]
+    client.app.state.batch.worker.concurrency = 0  # batches stay cancellable throughout
     callers = {"platform_admin": client.auth["Authorization"].split()[1],
                "tenant_admin": keys["bank/admin"], "member": keys["bank/member"],
                "guest": keys["bank/guest"]}
@@ -244,9 +291,14 @@ async def test_v1_isolation_matrix(setup) -> None:
         for side, t in (("own", "bank"), ("other", "hospital")):
             for role, secret in callers.items():
                 headers = {**bearer(secret), "OpenAI-Project": ids[f"{t}/main"]}
-                allowed, status = await _v1_allowed(client.http, method, path, headers)
+                statuses: tuple[int, ...] = (200, 404)
+                if path.startswith(("/v1/files", "/v1/batches")):
+                    allowed, status = await _batch_allowed(client, method, path, headers)
+                    statuses = (200, 403, 404)  # 403: it sees the object, may not act on it
+                else:
+                    allowed, status = await _v1_allowed(client.http, method, path, headers)
                 expected = role in EXPECTED[action] and (side == "own" or role == "platform_admin")
-                if allowed != expected or status not in (200, 404):
+                if allowed != expected or status not in statuses:
                     failures.append((role, side, method, path, status))
     assert failures == []
 

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from autoglm.audit import AuditLog, AuditPaths, Record, verify
 from autoglm.audit.export import export
-from autoglm.audit.segment import verify_file
 from autoglm.audit.keys import load_hmac_key
+from autoglm.audit.segment import verify_file
 from autoglm.cli.main import app
 from autoglm.store.db import Database
 from autoglm.store.models import AuditRecord, SubjectKey

@@ -27,6 +27,8 @@ CHECKS = [not_a_server_error]
 MAX_TOKENS = 4  # an answer costs a few decode steps, streamed or not
 REQUEST_TIMEOUT_S = 30.0
 INFERENCE = ("/v1/chat/completions", "/v1/completions")
+BATCH_LINE = ('{"custom_id":"c%d","method":"POST","url":"/v1/chat/completions","body":'
+              '{"model":"%s","max_tokens":%d,"messages":[{"role":"user","content":"hi"}]}}\n')
 
 
 class BudgetSpent(Exception):
@@ -41,6 +43,7 @@ class Fuzz:
     models: Sequence[str]  # served models, swapped into inference bodies
     statuses: defaultdict[str, Counter[int]] = field(
         default_factory=lambda: defaultdict(Counter))
+    files: list[str] = field(default_factory=list)  # batch input files it uploaded
     failures: list[str] = field(default_factory=list)
     scenarios: int = 0
     restarts: int = 0  # fresh Hypothesis runs after FlakyStrategyDefinition
@@ -69,6 +72,9 @@ class Fuzz:
         - An instance the fuzzer adds points at the loopback stand-in, whatever URL was
           generated: the gateway would otherwise connect wherever it says (and this test
           sends traffic to this machine only).
+        - A batch input file is often swapped for a valid one (its lines ask for
+          ``MAX_TOKENS`` tokens), and a batch's input file for one uploaded before, so that
+          files and batches are made, listed, read, cancelled, not just refused.
         - Inference asks for at most ``MAX_TOKENS`` tokens (the server's default is that
           too), so streaming stays in and stays bounded; and a generated model name is
           often swapped for a served one, so that the engines are reached, not just 404.
@@ -79,6 +85,15 @@ class Fuzz:
         path = case.operation.path
         if path.endswith("/instances") and isinstance(body.get("url"), str):
             body["url"] = self.upstream_url
+        if path == "/v1/files" and body.get("purpose") == "batch" and "file" in body:
+            upload = body["file"]
+            if len(upload if isinstance(upload, (bytes, str)) else b"") % 2 == 0:
+                body["file"] = "".join(BATCH_LINE % (i, self.models[0], MAX_TOKENS)
+                                       for i in range(2)).encode()
+        if path == "/v1/batches" and isinstance(body.get("input_file_id"), str) and self.files:
+            choice = len(body["input_file_id"]) % (len(self.files) + 1)
+            if choice < len(self.files):
+                body["input_file_id"] = self.files[choice]
         if path in INFERENCE:
             for name in ("max_tokens", "max_completion_tokens"):
                 value = body.get(name)
@@ -92,6 +107,8 @@ class Fuzz:
 
     def record(self, case: Any, response: Any) -> None:
         self.statuses[case.operation.label][response.status_code] += 1
+        if case.operation.label == "POST /v1/files" and response.status_code == 200:
+            self.files.append(response.json()["id"])
 
     def validate(self, case: Any, response: Any, **kw: Any) -> None:
         try:

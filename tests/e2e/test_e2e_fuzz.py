@@ -66,6 +66,9 @@ def target(start_server: StartServer, stop_server,
         "AUTOGLM_DEFAULT_MAX_TOKENS": str(fz.MAX_TOKENS),
         # every call carries the admin key; anything else is the fuzzer's own doing
         "AUTOGLM_AUTH_FAILURE_LIMIT": "100000",
+        # batches stay in progress (none of their lines runs), so that cancelling one is
+        # reached too; running them is tests/e2e/test_e2e_batch.py's
+        "AUTOGLM_BATCH_CONCURRENCY": "0",
     })
     try:
         yield fz.Fuzz(srv.base_url, dict(srv.auth), upstream.url, (MODEL, POOL))

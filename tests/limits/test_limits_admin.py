@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from autoglm.store.models import AuditRecord
-from tests.conftest import MODEL, AppClient, make_settings, start_app
+from tests.conftest import MODEL, make_settings, start_app
 
 pytestmark = pytest.mark.model
 

@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -25,6 +26,8 @@ from autoglm.api.metrics import Metrics
 from autoglm.api.middleware import GatewayMiddleware
 from autoglm.api.routes import ROUTES, RouteTable
 from autoglm.audit import AuditLog, Record
+from autoglm.batch.system import BatchSystem
+from autoglm.cache import ResponseCache
 from autoglm.engine.base import Engine
 from autoglm.engine.factory import build_engines
 from autoglm.errors import AutoGLMError, ConfigError
@@ -37,6 +40,7 @@ from autoglm.security.access import Authorizer
 from autoglm.security.auth import bootstrap
 from autoglm.security.policy import PolicyStore
 from autoglm.settings import Settings
+from autoglm.state.locks import Locks
 from autoglm.state.redis import RedisLink
 from autoglm.store.db import Database, database_url
 from autoglm.store.directory import Directory
@@ -75,6 +79,8 @@ def create_app(
     metrics = Metrics()
     link = (RedisLink(settings.redis_url.get_secret_value(), prefix=settings.redis_prefix)
             if settings.redis_url is not None else None)  # state shared across processes
+    locks = Locks.from_settings(settings)  # single-flight across processes (with Redis)
+    cache = ResponseCache.from_settings(settings, link, metrics)  # in Redis with redis_url
     meter = Meter(LimitBook({s: v.model_dump() for s, v in settings.rate_limits.items()}, db),
                   window_s=settings.rate_limit_window_s, link=link,
                   lease_fraction=settings.rate_limit_lease_fraction)
@@ -98,8 +104,14 @@ def create_app(
         run_dir.mkdir(mode=0o700)
         rpc = None
         try:
+            async def start(model: str, engine: Engine) -> None:
+                # one start of a model per host at a time, across processes (with Redis)
+                async with locks.hold_async(f"engine-start:{socket.gethostname()}:{model}",
+                                            what=f"a start of {model}"):
+                    await engine.start()
+
             try:
-                await asyncio.gather(*(e.start() for e in engine_map.values()))
+                await asyncio.gather(*(start(m, e) for m, e in engine_map.items()))
             except (AutoGLMError, RuntimeError, OSError) as exc:
                 await asyncio.to_thread(audit.append, [Record(
                     action="model.load", decision="deny", resource=",".join(engine_map),
@@ -124,16 +136,20 @@ def create_app(
             gc.collect()
             gc.freeze()
             gc.set_threshold(10_000, 20, 20)
+            batch.worker.start()  # lines run behind live traffic (``batch.worker``)
             yield
         finally:
             try:
+                await batch.worker.stop()  # first: its lines go back while engines still run
                 if rpc is not None:  # in-flight calls finish (grace) while engines still run
                     await rpc.stop(grace=RPC_GRACE_S)
                 await asyncio.gather(*(e.close() for e in engine_map.values()),
                                      return_exceptions=True)
                 await meter.stop()
+                await cache.store.settled()  # answers being written to Redis land first
                 if link is not None:
                     await link.close()
+                locks.close()
             finally:
                 shutil.rmtree(run_dir, ignore_errors=True)
                 try:  # every queued record committed before the database goes
@@ -154,8 +170,9 @@ def create_app(
                   log_prompts=settings.log_prompts,
                   guards=PiiGuards(settings.pii_actions, settings.pii_tenant_actions),
                   audit=audit, text_tenants=frozenset(settings.audit_text_tenants),
-                  meter=meter, default_max_tokens=settings.default_max_tokens),
+                  meter=meter, default_max_tokens=settings.default_max_tokens, cache=cache),
         extra_stages))
+    batch = BatchSystem.build(settings, db, service, audit, auth, engine_map)
     routes = [Route(r.path, r.endpoint, methods=[r.method]) for r in ROUTES]
     middleware = []
     if settings.cors_allow_origins:  # outermost, so preflights need no key
@@ -184,6 +201,9 @@ def create_app(
     app.state.audit = audit
     app.state.meter = meter
     app.state.redis = link
+    app.state.response_cache = cache
+    app.state.locks = locks
     app.state.directory = Directory(db, audit)
+    app.state.batch = batch
     app.state.openapi = openapi.build(ROUTES)
     return app

@@ -39,6 +39,10 @@ class InferenceEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx: RequestContext = scope["state"]["ctx"]
+        for key, value in scope["headers"]:  # the response cache, asked for per request
+            if key == b"x-autoglm-cache":
+                ctx.cache = value.decode("latin-1")
+                break
         raw = await _read_body(receive)
         if raw is None:
             return  # the client left while sending: counted as 499

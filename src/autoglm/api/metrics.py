@@ -39,8 +39,14 @@ class Metrics:
         self.completion_tokens = Counter(
             "autoglm_completion_tokens", "Completion tokens generated.", ["model"], registry=r
         )
+        self.cache = Counter(
+            "autoglm_response_cache", "Response cache lookups by model and result: hit, "
+            "miss, bypass (asked, but not cacheable or the shared store down).",
+            ["model", "result"], registry=r,
+        )
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._models: dict[str, tuple[Any, Any, Any]] = {}
+        self._cache: dict[tuple[str, str], Any] = {}
 
     def watch_engines(self, engines: dict[str, Any]) -> None:
         """Engine and instance state, read at scrape time."""
@@ -66,6 +72,15 @@ class Metrics:
             if len(self._models) < 10_000:
                 self._models[model] = found
         return found
+
+    def cache_result(self, model: str, result: str) -> None:
+        """One response cache lookup of ``model`` and what it found."""
+        child = self._cache.get((model, result))
+        if child is None:
+            child = self.cache.labels(model, result)
+            if len(self._cache) < 10_000:
+                self._cache[(model, result)] = child
+        child.inc()
 
 
 async def metrics_endpoint(request: Request) -> Response:

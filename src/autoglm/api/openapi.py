@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from autoglm import __version__
-from autoglm.api import audit, identity, usage
+from autoglm.api import audit, batches, files, identity, usage
 from autoglm.api.openapi_links import links, success_status
 from autoglm.pipeline.schemas import ChatCompletionRequest, CompletionRequest
 from autoglm.settings import InstanceSpec
@@ -24,7 +24,11 @@ BODIES: dict[str, type[BaseModel]] = {
     "create_binding": identity.BindingIn, "create_key": identity.KeyIn,
     "rotate_key": identity.RotateIn, "add_instance": InstanceSpec,
     "chat_completions": ChatCompletionRequest, "completions": CompletionRequest,
+    "create_batch": batches.BatchIn,
 }
+
+# bodies sent as multipart/form-data: uploads
+FORMS: dict[str, dict[str, Any]] = {"create_file": files.UPLOAD_SCHEMA}
 
 # bodies that are text, not JSON: a policy file (YAML) to check
 TEXT_BODIES = frozenset({"validate_policy"})
@@ -40,7 +44,9 @@ PAGE_PARAMS = (
 
 # other routes' query parameters
 QUERY: dict[str, tuple[dict[str, Any], ...]] = {"list_audit": audit.QUERY_PARAMS,
-                                                 "get_usage": usage.QUERY_PARAMS}
+                                                 "get_usage": usage.QUERY_PARAMS,
+                                                 "list_files": files.QUERY_PARAMS,
+                                                 "list_batches": batches.QUERY_PARAMS}
 
 DESCRIBED = {"200": "OK", "201": "Created"}
 
@@ -83,6 +89,9 @@ def build(routes: Sequence[Any]) -> dict[str, Any]:
             schemas[body.__name__] = schema
             op["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": {"$ref": f"#/components/schemas/{body.__name__}"}}}}
+        elif name in FORMS:
+            op["requestBody"] = {"required": True, "content": {"multipart/form-data": {
+                "schema": FORMS[name]}}}
         elif name in TEXT_BODIES:
             op["requestBody"] = {"required": True, "content": {"text/plain": {
                 "schema": {"type": "string"}}}}

@@ -15,7 +15,19 @@ from typing import NamedTuple
 
 from starlette.routing import compile_path
 
-from autoglm.api import admin, audit, health, identity, inference, models, openapi, usage
+from autoglm.api import (
+    admin,
+    audit,
+    batches,
+    files,
+    health,
+    identity,
+    inference,
+    limits,
+    models,
+    openapi,
+    usage,
+)
 from autoglm.api.metrics import metrics_endpoint
 
 
@@ -32,6 +44,15 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("POST", "/v1/completions", inference.completions, "inference", True),
     RouteSpec("GET", "/v1/models", models.list_models, "model.list"),
     RouteSpec("GET", "/v1/models/{model:path}", models.get_model, "model.list"),
+    RouteSpec("POST", "/v1/files", files.create_file, "file.create"),
+    RouteSpec("GET", "/v1/files", files.list_files, "file.read"),
+    RouteSpec("GET", "/v1/files/{file_id}", files.get_file, "file.read"),
+    RouteSpec("DELETE", "/v1/files/{file_id}", files.delete_file, "file.delete"),
+    RouteSpec("GET", "/v1/files/{file_id}/content", files.get_file_content, "file.read"),
+    RouteSpec("POST", "/v1/batches", batches.create_batch, "job.create"),
+    RouteSpec("GET", "/v1/batches", batches.list_batches, "job.read"),
+    RouteSpec("GET", "/v1/batches/{batch_id}", batches.get_batch, "job.read"),
+    RouteSpec("POST", "/v1/batches/{batch_id}/cancel", batches.cancel_batch, "job.cancel"),
     RouteSpec("GET", "/admin/v1/engines", admin.list_engines, "engine.read"),
     RouteSpec("POST", "/admin/v1/models/{model}/instances", admin.add_instance, "engine.write"),
     RouteSpec("POST", "/admin/v1/models/{model}/instances/{name}/drain", admin.drain_instance,
@@ -72,6 +93,8 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("POST", "/admin/v1/policy/validate", identity.validate_policy,
               "policy.validate"),
     RouteSpec("GET", "/admin/v1/usage", usage.get_usage, "usage.read"),
+    RouteSpec("GET", "/admin/v1/limits/{scope}/{id}", limits.get_limits, "limit.read"),
+    RouteSpec("PUT", "/admin/v1/limits/{scope}/{id}", limits.set_limits, "limit.write"),
     RouteSpec("GET", "/admin/v1/audit", audit.list_audit, "audit.read"),
     RouteSpec("GET", "/openapi.json", openapi.openapi, None),
     RouteSpec("GET", "/healthz", health.healthz, None),

@@ -22,6 +22,7 @@ class RequestContext:
     client_request_id: str | None = None  # the id the client gave its request, if any
     purpose: str | None = None  # processing purpose the client declared (GDPR Art. 30)
     consent_id: str | None = None
+    cache: str | None = None  # X-AutoGLM-Cache as the client sent it (use, skip), if at all
     identity: Any = None  # security.keystore.Identity once authenticated
     model: str = ""  # the model id, once resolved
     engine: Any = None  # the model's engine, once resolved

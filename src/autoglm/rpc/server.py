@@ -111,7 +111,8 @@ class _Call:
                                   client=_peer_address(context.peer(), fronted),
                                   client_request_id=theirs,
                                   purpose=sane(md.get("x-processing-purpose")),
-                                  consent_id=sane(md.get("x-consent-id")))
+                                  consent_id=sane(md.get("x-consent-id")),
+                                  cache=md.get("x-autoglm-cache"))
         self.status = 0
         self._token = request_id_var.set(rid)
 

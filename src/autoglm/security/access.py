@@ -71,7 +71,8 @@ class Authorizer:
         cache[key] = (value, time.monotonic())
         return value
 
-    def _chosen_project(self, identity: Any, header: str | None) -> str | None:
+    def chosen_project(self, identity: Any, header: str | None) -> str | None:
+        """The project a request is about: the one it names, else the caller's only one."""
         if header:
             return header
         projects = getattr(identity, "projects", None)
@@ -84,7 +85,7 @@ class Authorizer:
         """What a model use is about: the chosen project (and so its tenant), else the
         caller's own tenant; each bounded by the tenant's grant. Platform principals
         without a project are bounded by nothing but the policy."""
-        project_id = self._chosen_project(identity, header)
+        project_id = self.chosen_project(identity, header)
         if project_id is not None and not valid_id(project_id):
             raise _no_model(model)  # a malformed project id names nothing: no query
         allowed = None

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -154,26 +155,20 @@ class KeyService:
 
     def _load(self, digest: str) -> Identity | None:
         with self.db.session() as s:
-            row = s.execute(
-                select(ApiKey, Principal).join(Principal, Principal.id == ApiKey.principal_id)
-                .where(ApiKey.key_hash == digest)
-            ).first()
-            if row is None:
-                return None
-            key, principal = row
-            if key.revoked_at is not None or principal.disabled:
-                return None
-            bindings = s.scalars(
-                select(RoleBinding).where(RoleBinding.principal_id == principal.id)).all()
-            return Identity(
-                key_id=key.id, principal_id=principal.id, principal_name=principal.name,
-                tenant_id=principal.tenant_id,
-                bindings=tuple(Binding(b.role, b.tenant_id, b.project_id) for b in bindings),
-                projects=tuple(key.projects) if key.projects is not None else None,
-                models=tuple(key.models) if key.models is not None else None,
-                actions=tuple(key.actions) if key.actions is not None else None,
-                expires_at=_aware(key.expires_at),
-            )
+            return _identity(s, ApiKey.key_hash == digest)
+
+    def identity_of(self, key_id: str, max_hops: int = 16) -> Identity | None:
+        """The identity a key speaks for now, by its id (blocking; call off the event loop):
+        the work a key started (a batch) runs under it. A rotated key is followed to its
+        successor (the same rights under a new secret); a revoked or expired key, or a
+        disabled principal, speaks for nobody."""
+        with self.db.session() as s:
+            for _ in range(max_hops):
+                successor = s.scalar(select(ApiKey.rotated_to).where(ApiKey.id == key_id))
+                if successor is None:
+                    break
+                key_id = successor
+            return self._valid(_identity(s, ApiKey.id == key_id))
 
     def forget(self, key_hash: str | None = None) -> None:
         self._generation += 1
@@ -218,7 +213,8 @@ class KeyService:
         """A new key with the same rights; the old one keeps working for ``grace`` (0: ends now)."""
         now = self.clock()
         with self.db.session() as s, s.begin():
-            old = s.get(ApiKey, key_id)
+            # locked: two rotations at once (two replicas) cannot both make a successor
+            old = s.get(ApiKey, key_id, with_for_update=True)
             if old is None or old.revoked_at is not None:
                 raise NotFoundError(f"key '{key_id}' not found")
             if old.rotated_to is not None:  # one successor per key: the chain stays whole
@@ -244,6 +240,31 @@ class KeyService:
                 also(s, old)
         self.forget(old.key_hash)
         return secret, new
+
+
+def _identity(s: Session, which: Any) -> Identity | None:
+    """The identity of the key ``which`` selects; None for a revoked key or a disabled
+    principal (expiry is checked by the caller, against its clock)."""
+    row = s.execute(
+        select(ApiKey, Principal).join(Principal, Principal.id == ApiKey.principal_id)
+        .where(which)
+    ).first()
+    if row is None:
+        return None
+    key, principal = row
+    if key.revoked_at is not None or principal.disabled:
+        return None
+    bindings = s.scalars(
+        select(RoleBinding).where(RoleBinding.principal_id == principal.id)).all()
+    return Identity(
+        key_id=key.id, principal_id=principal.id, principal_name=principal.name,
+        tenant_id=principal.tenant_id,
+        bindings=tuple(Binding(b.role, b.tenant_id, b.project_id) for b in bindings),
+        projects=tuple(key.projects) if key.projects is not None else None,
+        models=tuple(key.models) if key.models is not None else None,
+        actions=tuple(key.actions) if key.actions is not None else None,
+        expires_at=_aware(key.expires_at),
+    )
 
 
 def _aware(value: datetime | None) -> datetime | None:

@@ -1,8 +1,7 @@
 """The stages of every inference request, in order, in one place.
 
-Each stage is a module with a small contract (``pipeline/stage.py``). Stages still to
-come take their place in this list when they exist (limits after authorize; the cache
-before admission): a module and one line.
+Each stage is a module with a small contract (``pipeline/stage.py``). A new stage takes
+its place in this list: a module and one line.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from autoglm.pipeline.stages.admission import Admission
 from autoglm.pipeline.stages.audit import Audit
 from autoglm.pipeline.stages.authenticate import Authenticate
 from autoglm.pipeline.stages.authorize import Authorize
+from autoglm.pipeline.stages.cache import Cache
 from autoglm.pipeline.stages.guard import GuardInput, GuardOutput, PiiGuards
 from autoglm.pipeline.stages.keep_text import KeepAnswer, KeepPrompt
 from autoglm.pipeline.stages.limits import Limit
@@ -38,6 +38,8 @@ class StageDeps:
     text_tenants: frozenset[str] = frozenset()  # tenants whose texts their records keep
     meter: Any = None  # limits.Meter; None: no limits stage
     default_max_tokens: int = 512
+    batch_share: float = 0.8  # of each limit, for batch lines
+    cache: Any = None  # cache.ResponseCache; None: no cache stage
 
 
 def build_stages(deps: StageDeps, extra: dict[str, list[Stage]] | None = None) -> list[Stage]:
@@ -46,11 +48,13 @@ def build_stages(deps: StageDeps, extra: dict[str, list[Stage]] | None = None) -
     stages: list[Stage] = [
         Authenticate(deps.auth),
         Authorize(deps.authz, deps.engines),
-        *([Limit(deps.meter, deps.default_max_tokens)] if deps.meter is not None else []),
+        *([Limit(deps.meter, deps.default_max_tokens, deps.batch_share)]
+          if deps.meter is not None else []),
         Validate(),
         GuardInput(deps.guards),
         *([KeepPrompt(deps.text_tenants)] if deps.text_tenants else []),
         *([PromptLog()] if deps.log_prompts else []),
+        *([Cache(deps.cache, deps.guards)] if deps.cache is not None else []),
         Admission(),
         EngineStage(),
         GuardOutput(deps.guards),

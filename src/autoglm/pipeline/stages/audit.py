@@ -61,7 +61,8 @@ class Audit(Stage):
             latency_ms=round((time.perf_counter() - ctx.started) * 1000, 3),
             detail={"transport": ctx.transport,
                     **({"code": ctx.error.code} if ctx.error is not None and ctx.error.code
-                       else {})},
+                       else {}),
+                    **({"cache": ctx.state["cache"]} if "cache" in ctx.state else {})},
             text=kept_texts(ctx))
         try:
             if decision == "deny":

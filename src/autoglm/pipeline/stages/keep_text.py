@@ -17,7 +17,6 @@ from autoglm.pipeline.request import InferenceRequest
 from autoglm.pipeline.stage import Stage
 from autoglm.privacy.vault import TEXT_MAX_CHARS
 
-
 KEY = "keep_text"  # ctx.state: {"prompt": str, "answer": {choice index: [texts]}}
 
 

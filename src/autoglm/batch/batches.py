@@ -1,0 +1,241 @@
+"""Batches, their lines and results: the ``batches`` and ``batch_lines`` tables.
+
+A batch is created in one transaction with every line of its input file (so it runs
+even if that file is deleted later), as ``validating``; once its lines are published to
+the queue it is ``in_progress``. A line's result is its output line, written once
+(``record``): a second result for the same (batch, index), from a line delivered twice,
+changes nothing, so counts and output never count a line twice. ``request_counts`` and
+token usage move in the same transaction as each result, so they are always live.
+
+Statuses, as OpenAI's: validating -> in_progress -> finalizing -> completed | expired;
+validating | in_progress -> cancelling -> cancelled (``finalize`` writes the files).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from autoglm.batch import ids
+from autoglm.batch.files import FileStore, unix
+from autoglm.batch.lines import requests
+from autoglm.batch.scope import Scope, Visible
+from autoglm.errors import InvalidRequestError, NotFoundError
+from autoglm.store.db import Database
+from autoglm.store.models import Batch, BatchLine, StoredFile, utcnow
+
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+RUNNABLE = frozenset({"validating", "in_progress"})  # its lines may run
+UNSETTLED = ("validating", "in_progress", "cancelling", "finalizing")
+WINDOWS = {"24h": timedelta(hours=24)}
+INSERT_ROWS = 1000
+InTransaction = Callable[[Session, Batch], None]
+
+
+@dataclass(frozen=True)
+class LineResult:
+    """What a line came to: an HTTP answer (``status_code``, ``body``), or, for a line
+    that could not run at all, an ``error`` (code, message) and no response."""
+
+    status_code: int | None
+    request_id: str | None
+    body: dict[str, Any] | None
+    error: tuple[str, str] | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def output_line(custom_id: str, result: LineResult) -> bytes:
+    """One line of an output or error file, in OpenAI's shape."""
+    response = None if result.status_code is None else {
+        "status_code": result.status_code, "request_id": result.request_id,
+        "body": result.body}
+    error = None if result.error is None else {"code": result.error[0],
+                                               "message": result.error[1]}
+    return orjson.dumps({"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": custom_id,
+                         "response": response, "error": error})
+
+
+@dataclass(frozen=True)
+class LineWork:
+    """One line and what running it needs to know of its batch."""
+
+    batch_id: str
+    index: int
+    custom_id: str
+    body: str  # JSON
+    done: bool  # its result is stored already
+    status: str
+    expires_at: datetime
+    endpoint: str
+    key_id: str
+    principal_id: str
+    tenant_id: str | None
+    project_id: str | None
+
+
+def batch_object(b: Batch) -> dict[str, Any]:
+    """The OpenAI ``batch`` object. File ids show once the files exist (terminal)."""
+    final = b.status in TERMINAL
+    return {
+        "id": b.id, "object": "batch", "endpoint": b.endpoint, "model": b.model,
+        "errors": b.errors, "input_file_id": b.input_file_id,
+        "completion_window": b.completion_window, "status": b.status,
+        "output_file_id": b.output_file_id if final else None,
+        "error_file_id": b.error_file_id if final else None,
+        "created_at": unix(b.created_at), "in_progress_at": unix(b.in_progress_at),
+        "expires_at": unix(b.expires_at), "finalizing_at": unix(b.finalizing_at),
+        "completed_at": unix(b.completed_at), "failed_at": unix(b.failed_at),
+        "expired_at": unix(b.expired_at), "cancelling_at": unix(b.cancelling_at),
+        "cancelled_at": unix(b.cancelled_at),
+        "request_counts": {"total": b.total, "completed": b.completed, "failed": b.failed},
+        "usage": {"input_tokens": b.input_tokens, "input_tokens_details": {"cached_tokens": 0},
+                  "output_tokens": b.output_tokens,
+                  "output_tokens_details": {"reasoning_tokens": 0},
+                  "total_tokens": b.input_tokens + b.output_tokens},
+        "metadata": b.meta,
+    }
+
+
+class BatchStore:
+    def __init__(self, db: Database, files: FileStore) -> None:
+        self.db = db
+        self.files = files  # where input files are read
+
+    # --- writes -----------------------------------------------------------------------------
+    def create(self, scope: Scope, key_id: str, source: StoredFile, endpoint: str, window: str,
+               metadata: dict[str, str] | None, also: InTransaction | None = None) -> Batch:
+        """The batch and all its lines, as ``validating`` (the worker publishes them)."""
+        if source.purpose != "batch":
+            raise InvalidRequestError("the input file must be uploaded with purpose 'batch'",
+                                      param="input_file_id")
+        if source.endpoint != endpoint:
+            raise InvalidRequestError(
+                f"the input file's requests are for {source.endpoint}, not {endpoint}",
+                param="endpoint")
+        now = utcnow()
+        b = Batch(id=ids.new_id(ids.BATCH), tenant_id=scope.tenant_id,
+                  project_id=scope.project_id, principal_id=scope.principal_id, key_id=key_id,
+                  endpoint=endpoint, input_file_id=source.id, completion_window=window,
+                  model=source.model, status="validating", meta=metadata, total=source.lines,
+                  completed=0, failed=0, input_tokens=0, output_tokens=0, created_at=now,
+                  expires_at=now + WINDOWS[window])
+        try:
+            lines = self.files.open(source.id)  # held open: a delete meanwhile cuts nothing
+        except NotFoundError:
+            raise NotFoundError("No such file.", param="input_file_id") from None
+        with lines, self.db.session() as s, s.begin():
+            s.add(b)
+            s.flush()
+            rows: list[dict[str, Any]] = []
+            count = 0
+            for custom_id, body in requests(lines):
+                rows.append({"batch_id": b.id, "idx": count, "custom_id": custom_id,
+                             "body": body})
+                count += 1
+                if len(rows) >= INSERT_ROWS:
+                    s.execute(insert(BatchLine), rows)
+                    rows = []
+            if rows:
+                s.execute(insert(BatchLine), rows)
+            b.total = count
+            if also is not None:
+                also(s, b)
+        return b
+
+    def started(self, batch_id: str) -> None:
+        """Its lines are published: in progress (if nobody cancelled it meanwhile)."""
+        with self.db.session() as s, s.begin():
+            s.execute(update(Batch).where(Batch.id == batch_id, Batch.status == "validating")
+                      .values(status="in_progress", in_progress_at=utcnow()))
+
+    def cancel(self, batch_id: str, also: InTransaction | None = None) -> Batch:
+        """validating | in_progress -> cancelling; already cancelling or cancelled: as is."""
+        with self.db.session() as s, s.begin():
+            b = s.get(Batch, batch_id)
+            if b is None:
+                raise NotFoundError("No such batch.")
+            if b.status in ("cancelling", "cancelled"):
+                return b
+            if b.status not in RUNNABLE:
+                raise InvalidRequestError(
+                    f"a batch that is {b.status} cannot be cancelled", param="batch_id",
+                    code="batch_not_cancellable")
+            b.status, b.cancelling_at = "cancelling", utcnow()
+            s.flush()
+            if also is not None:
+                also(s, b)
+            return b
+
+    def record(self, batch_id: str, index: int, custom_id: str,
+               result: LineResult) -> tuple[bool, bool]:
+        """Store a line's result unless it has one: (stored now, every line has one)."""
+        with self.db.session() as s, s.begin():
+            written = s.execute(
+                update(BatchLine).where(BatchLine.batch_id == batch_id, BatchLine.idx == index,
+                                        BatchLine.result.is_(None))
+                .values(result=output_line(custom_id, result).decode(), ok=result.ok))
+            if written.rowcount != 1:  # type: ignore[attr-defined]
+                return False, False  # it has one: this run of the line was a second one
+            ok = int(result.ok)
+            counts = s.execute(
+                update(Batch).where(Batch.id == batch_id).values(
+                    completed=Batch.completed + ok, failed=Batch.failed + (1 - ok),
+                    input_tokens=Batch.input_tokens + result.prompt_tokens,
+                    output_tokens=Batch.output_tokens + result.completion_tokens)
+                .returning(Batch.completed, Batch.failed, Batch.total)).one()
+        return True, counts.completed + counts.failed >= counts.total
+
+    # --- reads ------------------------------------------------------------------------------
+    def get(self, batch_id: str) -> Batch | None:
+        if not ids.valid(ids.BATCH, batch_id):
+            return None
+        with self.db.session() as s:
+            return s.get(Batch, batch_id)
+
+    def page(self, visible: Visible, *, limit: int, after: str | None
+             ) -> tuple[list[Batch], bool]:
+        """Newest first, as OpenAI lists batches."""
+        q = visible.apply(select(Batch), Batch)
+        if after is not None:
+            q = q.where(Batch.id < after)
+        with self.db.session() as s:
+            rows = list(s.scalars(q.order_by(Batch.id.desc()).limit(limit + 1)))
+        return rows[:limit], len(rows) > limit
+
+    def line(self, batch_id: str, index: int) -> LineWork | None:
+        with self.db.session() as s:
+            row = s.execute(
+                select(BatchLine.custom_id, BatchLine.body, BatchLine.result.is_not(None),
+                       Batch.status, Batch.expires_at, Batch.endpoint, Batch.key_id,
+                       Batch.principal_id, Batch.tenant_id, Batch.project_id)
+                .join(Batch, Batch.id == BatchLine.batch_id)
+                .where(BatchLine.batch_id == batch_id, BatchLine.idx == index)).first()
+        if row is None:
+            return None
+        return LineWork(batch_id, index, row[0], row[1], bool(row[2]), row[3], row[4], row[5],
+                        row[6], row[7], row[8], row[9])
+
+    def statuses(self, batch_ids: Sequence[str]) -> dict[str, tuple[str, datetime]]:
+        if not batch_ids:
+            return {}
+        with self.db.session() as s:
+            rows = s.execute(select(Batch.id, Batch.status, Batch.expires_at)
+                             .where(Batch.id.in_(list(batch_ids)))).all()
+        return {r.id: (r.status, r.expires_at) for r in rows}
+
+    def unsettled(self) -> list[Batch]:
+        """Batches the worker's housekeeping looks at: not yet in a final status."""
+        with self.db.session() as s:
+            return list(s.scalars(select(Batch).where(Batch.status.in_(UNSETTLED))))

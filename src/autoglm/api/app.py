@@ -172,7 +172,7 @@ def create_app(
                   audit=audit, text_tenants=frozenset(settings.audit_text_tenants),
                   meter=meter, default_max_tokens=settings.default_max_tokens, cache=cache),
         extra_stages))
-    batch = BatchSystem.build(settings, db, service, audit, auth, engine_map)
+    batch = BatchSystem.build(settings, db, service, audit, auth, engine_map, link)
     routes = [Route(r.path, r.endpoint, methods=[r.method]) for r in ROUTES]
     middleware = []
     if settings.cors_allow_origins:  # outermost, so preflights need no key

@@ -22,7 +22,7 @@ from autoglm.api.files import page
 from autoglm.api.tenancy import audited, new_scope, owned, visible
 from autoglm.batch import ids
 from autoglm.batch.batches import batch_object
-from autoglm.errors import InvalidRequestError, NotFoundError
+from autoglm.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
 from autoglm.pipeline.schemas import parse
 
 QUERY_PARAMS = (
@@ -51,8 +51,13 @@ async def create_batch(request: Request) -> JSONResponse:
     _, data = await read_json(request)
     args: BatchIn = parse(BatchIn, data)
     system = request.app.state.batch
+    await system.queue.ready()  # the queue away (Redis down): a 503, nothing accepted
     row = await asyncio.to_thread(_create, request, args)
-    await system.queue.publish(row.id, row.total)
+    try:
+        await system.queue.publish(row.id, row.total)
+    except ServiceUnavailableError:  # went away just now: the batch must never run
+        await asyncio.to_thread(system.store.cancel, row.id)
+        raise
     await asyncio.to_thread(system.store.started, row.id)
     system.worker.wake()
     return JSONResponse(batch_object(await asyncio.to_thread(system.store.get, row.id)))

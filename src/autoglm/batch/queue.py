@@ -61,6 +61,9 @@ class Job:
 
 
 class JobQueue(Protocol):
+    async def ready(self) -> None:
+        """Raise ``ServiceUnavailableError`` if a new batch could not be queued now."""
+
     async def publish(self, batch_id: str, count: int) -> None:
         """Lines 0..count-1 of the batch become claimable (idempotent)."""
 
@@ -97,6 +100,9 @@ class DatabaseQueue:
         self.lease_s = lease_s
         self.clock = clock
         self._postgres = db.engine.dialect.name == "postgresql"
+
+    async def ready(self) -> None:
+        return None  # the database is the control plane: if it is down, so is the request
 
     async def publish(self, batch_id: str, count: int) -> None:
         await asyncio.to_thread(self._publish, batch_id, count)

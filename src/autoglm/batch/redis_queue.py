@@ -66,6 +66,12 @@ class RedisQueue:
                 raise
         self._group_ready = True
 
+    async def ready(self) -> None:
+        if not await self.link.ping():
+            raise ServiceUnavailableError(
+                "the batch queue (Redis) is not reachable: new batches are refused until it "
+                "is back (running ones wait; nothing is lost)", retry_after=5)
+
     async def publish(self, batch_id: str, count: int) -> None:
         mark = self.link.key("batch", "published", batch_id)
 

@@ -15,11 +15,13 @@ from autoglm.batch.files import FileStore
 from autoglm.batch.finalize import Finalizer
 from autoglm.batch.owner import Owners
 from autoglm.batch.queue import DatabaseQueue, JobQueue
+from autoglm.batch.redis_queue import RedisQueue
 from autoglm.batch.runner import LineRunner
 from autoglm.batch.worker import BatchWorker
 from autoglm.pipeline.service import InferenceService
 from autoglm.security.auth import Authenticator
 from autoglm.settings import Settings
+from autoglm.state.redis import RedisLink
 from autoglm.store.db import Database
 
 
@@ -34,10 +36,14 @@ class BatchSystem:
 
     @classmethod
     def build(cls, settings: Settings, db: Database, service: InferenceService,
-              audit: AuditLog, auth: Authenticator, engines: dict[str, Any]) -> BatchSystem:
+              audit: AuditLog, auth: Authenticator, engines: dict[str, Any],
+              link: RedisLink | None = None) -> BatchSystem:
+        """With ``link`` (``redis_url``) lines are delivered through a Redis stream shared
+        by every process and replica; without, through the database."""
         files = FileStore(db, settings.data_dir / "files")
         store = BatchStore(db, files)
-        queue = DatabaseQueue(db, settings.batch_lease_s)
+        queue: JobQueue = (RedisQueue(link, settings.batch_lease_s) if link is not None
+                           else DatabaseQueue(db, settings.batch_lease_s))
         worker = BatchWorker(
             store=store, queue=queue, runner=LineRunner(service, audit), owners=Owners(auth),
             finalizer=Finalizer(db, files, settings.batch_lease_s), engines=engines,

@@ -20,6 +20,7 @@ from autoglm.cli.model import model_app
 from autoglm.cli.output import err_console, fail
 from autoglm.cli.privacy import privacy_app
 from autoglm.cli.usage import usage as usage_command
+from autoglm.cli.worker import worker as worker_command
 from autoglm.errors import AutoGLMError
 from autoglm.settings import Settings, load_settings
 
@@ -36,6 +37,7 @@ app.add_typer(bundle_app, name="bundle")
 app.add_typer(audit_app, name="audit")
 app.add_typer(privacy_app, name="privacy")
 app.command("usage")(usage_command)
+app.command("worker")(worker_command)
 
 ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="YAML settings file.", exists=False)

@@ -43,11 +43,13 @@ SCALE = max(1, int(os.environ.get("AUTOGLM_FUZZ_SCALE", "1")))
 STATELESS_EXAMPLES = 15 * SCALE  # per operation and mode (positive, negative)
 STATELESS_BUDGET_S = 60.0 * SCALE
 ENGINES = r"^/(admin/v1/(engines|models/)|v1/models)"  # the rest: identity objects
+BATCH = r"^/v1/(files|batches)"  # uploads and batches: their own chains
 ENGINE_SCENARIOS = 100 * SCALE
+BATCH_SCENARIOS = 400 * SCALE
 IDENTITY_SCENARIOS = 1200 * SCALE
-SCENARIOS = ENGINE_SCENARIOS + IDENTITY_SCENARIOS
+SCENARIOS = ENGINE_SCENARIOS + BATCH_SCENARIOS + IDENTITY_SCENARIOS
 STEPS = 12  # deep enough for tenant -> principal -> key -> rotate -> rotate -> revoke
-STATEFUL_BUDGET_S = 75.0 * SCALE
+STATEFUL_BUDGET_S = 90.0 * SCALE
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +103,13 @@ def test_stateful_fuzzing_reaches_every_route_with_real_ids(target: fz.Fuzz) -> 
     target.statuses.clear()
     schema = target.schema()
     started = time.monotonic()
-    # Two machines, as the ids of engines and of identity objects never meet: each gets
-    # its own scenarios instead of the cheap engine calls crowding out the deep chains.
+    # Three machines, as the ids of engines, of uploads and batches, and of identity
+    # objects never meet: each gets its own scenarios instead of the cheap calls of one
+    # crowding out the deep chains of another.
     for part, scenarios in ((schema.include(path_regex=ENGINES), ENGINE_SCENARIOS),
-                            (schema.exclude(path_regex=ENGINES), IDENTITY_SCENARIOS)):
+                            (schema.include(path_regex=BATCH), BATCH_SCENARIOS),
+                            (schema.exclude(path_regex=ENGINES).exclude(path_regex=BATCH),
+                             IDENTITY_SCENARIOS)):
         deadline = time.monotonic() + STATEFUL_BUDGET_S * scenarios / SCENARIOS
         fz.stateful(target, fz.state_machine(target, part, deadline), scenarios, STEPS,
                     deadline)
@@ -115,7 +120,7 @@ def test_stateful_fuzzing_reaches_every_route_with_real_ids(target: fz.Fuzz) -> 
     with_ids = [op.label for op in (r.ok() for r in schema.get_all_operations())
                 if "{" in op.path]
     assert len(with_ids) >= 20, with_ids
-    for label in with_ids:
+    for label in sorted(target.statuses):
         print(f"  {label}: {dict(sorted(target.statuses[label].items()))}")
     unreached = {label: dict(target.statuses[label]) for label in with_ids
                  if not target.reached(label)}

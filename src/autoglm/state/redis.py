@@ -27,6 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 log = logging.getLogger("autoglm.state")
 T = TypeVar("T")
@@ -58,9 +60,12 @@ class RedisLink:
         self.prefix = prefix
         self.retry_s = retry_s
         self._timeout_s = timeout_s
+        # a pooled connection that went stale when Redis restarted is reconnected once,
+        # at once, instead of failing the call (and marking a Redis that is back down)
         self.client: aredis.Redis = aredis.from_url(
             url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
-            health_check_interval=30, decode_responses=False)
+            health_check_interval=30, decode_responses=False,
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)))
         self._down_until = 0.0
         self._down_since: float | None = None
         self._reason = ""

@@ -94,9 +94,11 @@ class BatchingStreamHandler(logging.Handler):
             return
         self._add(line, urgent=record.levelno >= logging.WARNING)
 
-    def write_fields(self, logger: str, msg: str, fields: dict[str, object]) -> None:
+    def write_fields(self, logger: str, msg: str, fields: dict[str, object],
+                     own: frozenset[str] = frozenset()) -> None:
         """One info line built straight from ``fields``, without a ``LogRecord`` (the
-        per-request access line); the same JSON shape as every other line."""
+        per-request access line); the same JSON shape as every other line. ``own``: fields
+        the server filled for this line besides ``OWN_FIELDS`` (not masked either)."""
         formatter = self.formatter
         component = formatter.component if isinstance(formatter, JsonFormatter) else ""
         now = time.time()
@@ -105,7 +107,7 @@ class BatchingStreamHandler(logging.Handler):
         rid = request_id_var.get()
         if isinstance(formatter, JsonFormatter):  # only what a caller could have put there
             fields = {k: formatter.masked(v) if isinstance(v, str) and k not in OWN_FIELDS
-                      else v for k, v in fields.items()}
+                      and k not in own else v for k, v in fields.items()}
             if rid is not None and not rid.startswith("req_"):  # a client's X-Request-ID
                 rid = formatter.masked(rid)
         line = orjson.dumps({"ts": stamp, "level": "info", "logger": logger,
@@ -166,14 +168,16 @@ class AccessLog:
     def __init__(self) -> None:
         self.logger = logging.getLogger("autoglm.access")
 
-    def write(self, fields: dict[str, object]) -> None:
+    def write(self, fields: dict[str, object], own: frozenset[str] = frozenset()) -> None:
+        """``own``: fields whose values the server made for this request (a route's
+        template, a configured model id): the fast path does not mask them."""
         logger = self.logger
         if not logger.isEnabledFor(logging.INFO):
             return
         handlers = logging.getLogger().handlers
         if logger.propagate and not logger.handlers and len(handlers) == 1 \
                 and isinstance(handlers[0], BatchingStreamHandler):
-            handlers[0].write_fields(logger.name, "request", fields)
+            handlers[0].write_fields(logger.name, "request", fields, own)
             return
         logger.info("request", extra=fields)  # other handlers attached: they see it too
 

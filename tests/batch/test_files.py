@@ -117,3 +117,26 @@ async def test_another_tenants_file_is_a_404(world) -> None:
     assert (await world["client"].get(f"/v1/files/{mine}")).status_code == 200
     assert orjson.loads((await http.get(f"/v1/files/{mine}/content",
                                         headers=auth(k["member"]))).content)["url"] == CHAT
+
+
+async def test_uploads_have_their_own_body_limit(tmp_path) -> None:  # noqa: ANN001
+    """POST /v1/files takes batch_file_max_bytes, not the (smaller) max_body_bytes of
+    other requests; beyond its own limit it is a 413 too."""
+    from tests.conftest import make_settings, start_app
+
+    settings = make_settings(tmp_path / "data", max_body_bytes=4096,
+                             batch_file_max_bytes=64 * 1024)
+    line = ('{"custom_id": "c%d", "method": "POST", "url": "/v1/chat/completions", '
+            '"body": {"model": "m", "messages": [{"role": "user", "content": "%s"}]}}\n')
+    data = "".join(line % (i, "x" * 100) for i in range(100)).encode()  # about 17 KiB
+    async for client in start_app(settings):
+        ok = await client.http.post("/v1/files", headers=client.auth, data={"purpose": "batch"},
+                                    files={"file": ("in.jsonl", data)})
+        assert ok.status_code == 200, ok.text
+        big = await client.http.post("/v1/files", headers=client.auth,
+                                     data={"purpose": "batch"},
+                                     files={"file": ("in.jsonl", data * 8)})
+        assert big.status_code == 413
+        other = await client.post("/v1/chat/completions", {"model": "m", "messages": [
+            {"role": "user", "content": "x" * 5000}]})
+        assert other.status_code == 413  # the rest keep max_body_bytes

@@ -183,6 +183,7 @@ def create_app(
     middleware.append(Middleware(GatewayMiddleware, auth=auth, metrics=metrics,
                                  routes=RouteTable(ROUTES),
                                  max_body_bytes=settings.max_body_bytes,
+                                 upload_max_bytes=settings.batch_file_max_bytes,
                                  tls=settings.tls_enabled, audit=audit))
     app = Starlette(
         routes=routes,

@@ -35,7 +35,14 @@ from autoglm.security.auth import Authenticator
 
 log = logging.getLogger("autoglm.access")
 
+UPLOAD_PATH = "/v1/files"
+UPLOAD_FORM_BYTES = 64 * 1024  # the multipart form around an uploaded file
 SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Access-line fields the server fills itself: a matched route's template, and the model
+# id, which is set only once the model was found among the configured ones. (An unmatched
+# path is the caller's text and is masked.)
+OWN_MATCHED = frozenset({"path", "model"})
+OWN_UNMATCHED = frozenset({"model"})
 
 
 class Given:
@@ -109,13 +116,17 @@ async def _drain(receive: Receive) -> None:
 class GatewayMiddleware:
     def __init__(self, app: ASGIApp, *, auth: Authenticator, metrics: Metrics,
                  routes: RouteTable, max_body_bytes: int, tls: bool = False,
-                 audit: AuditLog | None = None) -> None:
+                 audit: AuditLog | None = None, upload_max_bytes: int | None = None) -> None:
         self.app = app
         self.auth = auth
         self.audit = audit  # failed authentication at the edge is recorded (folded)
         self.metrics = metrics
         self.routes = routes
         self.max_body = max_body_bytes
+        # POST /v1/files (batch input files) has a limit of its own: the file's, plus the
+        # multipart form around it
+        self.upload_max = (upload_max_bytes + UPLOAD_FORM_BYTES
+                           if upload_max_bytes is not None else max_body_bytes)
         self.access = AccessLog()
         # Request ids need to be unique, not secret: a seeded PRNG, no system call each.
         self.ids = random.Random(os.urandom(32))
@@ -155,17 +166,19 @@ class GatewayMiddleware:
                                       *ctx.response_headers, *self.always_headers]
             await send(message)
 
+        max_body = (self.upload_max if scope["path"] == UPLOAD_PATH and scope["method"] == "POST"
+                    else self.max_body)
         try:
-            if length is not None and length.isdigit() and int(length) > self.max_body:
+            if length is not None and length.isdigit() and int(length) > max_body:
                 raise PayloadTooLargeError(
-                    f"Request body is {int(length)} bytes; the limit is {self.max_body} bytes.")
+                    f"Request body is {int(length)} bytes; the limit is {max_body} bytes.")
             if self.routes.edge_authenticated(scope["path"]):
                 try:
                     ctx.identity = await self.auth.authenticate(credentials, ctx.client)
                 except AuthenticationError as exc:
                     self._refused(scope, ctx, exc)
                     raise
-            await self.app(scope, self._limited(receive), send_wrapper)
+            await self.app(scope, self._limited(receive, max_body), send_wrapper)
         except Exception as exc:  # noqa: BLE001 - the one place errors become responses
             err = to_error(exc)
             if status_box[0]:  # response already started: nothing more can be said
@@ -194,9 +207,8 @@ class GatewayMiddleware:
         except AutoGLMError as err:
             log.error("an audit record could not be queued", extra={"reason": err.message})
 
-    def _limited(self, receive: Receive) -> Receive:
+    def _limited(self, receive: Receive, limit: int) -> Receive:
         seen = [0]
-        limit = self.max_body
 
         async def wrapped() -> Message:
             message = await receive()
@@ -216,12 +228,13 @@ class GatewayMiddleware:
         status = status or 499  # client went away before any response
         self.metrics.observe_request(route, ctx.model, status, elapsed)
         identity = ctx.identity
+        matched = route != "unmatched"
         self.access.write({
             "method": scope["method"],
-            "path": route if route != "unmatched" else scope["path"][:200],
+            "path": route if matched else scope["path"][:200],
             "status": status,
             "model": ctx.model or None,
             "principal": identity.id if identity is not None else None,
             "duration_ms": round(elapsed * 1e3, 2),
             **({"client_request_id": ctx.client_request_id} if ctx.client_request_id else {}),
-        })
+        }, OWN_MATCHED if matched else OWN_UNMATCHED)

@@ -8,17 +8,25 @@ the lock the records get the next sequence numbers and their HMACs, are inserted
 PostgreSQL, executemany on SQLite) and the head moves to the last one; the commit makes
 records and head visible together, so there are never gaps or forks. The usage the
 inference records add (``rollup``) is written in the same transaction.
+
+The writer's group commits (``locked``) run on a pooled driver connection of their own,
+not through SQLAlchemy's ``Connection``: a commit comes every ``flush_ms`` under load, and
+SQLAlchemy's layers around its statements cost several times what SQLite takes to run
+them (taking the lock, moving the head and committing: about 250 against 45 µs of CPU,
+measured on SQLite). Same statements, same lock, same transaction.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from operator import itemgetter
 from typing import Any
 
 import orjson
 import psycopg
-from sqlalchemy import Connection, insert, text
+from sqlalchemy import Connection, Engine, insert, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -28,30 +36,30 @@ from autoglm.store.models import AuditRecord
 
 _TABLE = AuditRecord.__table__
 _LOCK_PG = text("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
-_LOCK_TIMEOUT = text("SET LOCAL lock_timeout = '5s'")
 _READ = text("SELECT seq, hash FROM audit_head WHERE id = 1")
 _TAKE_SQLITE = text("UPDATE audit_head SET seq = seq WHERE id = 1")
 _MOVE = text("UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1")
-_AT = text("SELECT hash FROM audit_log WHERE seq = :seq")
 _COPY = f"COPY audit_log ({', '.join(COLUMNS)}) FROM STDIN"
 _INSERT_SQLITE = (f"INSERT INTO audit_log ({', '.join(COLUMNS)}) "
                   f"VALUES ({', '.join('?' * len(COLUMNS))})")
 _TS, _DETAIL = COLUMNS.index("ts"), COLUMNS.index("detail")
+_ROW = itemgetter(*COLUMNS)
+# ``locked``'s statements in each driver's own parameter style. PostgreSQL: a stuck holder
+# of the head makes an error (and a retry), not a hang; SQLite: BEGIN IMMEDIATE is the lock.
+_DRIVER_SQL = {
+    "sqlite": {"begin": "BEGIN IMMEDIATE",
+               "head": "SELECT seq, hash FROM audit_head WHERE id = 1",
+               "move": "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1",
+               "at": "SELECT hash FROM audit_log WHERE seq = ?"},
+    "postgresql": {"begin": "SET LOCAL lock_timeout = '5s'",
+                   "head": "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
+                   "move": "UPDATE audit_head SET seq = %s, hash = %s WHERE id = 1",
+                   "at": "SELECT hash FROM audit_log WHERE seq = %s"},
+}
 
 # what a database in trouble raises (COPY runs on the driver's cursor, unwrapped)
 DB_ERRORS = (SQLAlchemyError, psycopg.Error, sqlite3.Error, OSError)
 Prepared = tuple[dict[str, Any], bytes]  # (normalised row, canonical body)
-
-
-def begin_locked(conn: Connection) -> tuple[int, bytes]:
-    """Begin the append transaction on a connection of our own and lock the head."""
-    if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-        row = conn.execute(_READ).one()
-    else:
-        conn.execute(_LOCK_TIMEOUT)  # a stuck holder makes an error (and a retry), not a hang
-        row = conn.execute(_LOCK_PG).one()
-    return int(row[0]), bytes.fromhex(row[1])
 
 
 def lock_in_session(session: Session) -> tuple[int, bytes]:
@@ -74,26 +82,21 @@ def seal_rows(key: bytes, seq: int, prev: bytes, batch: Sequence[Prepared]) -> b
     return prev
 
 
-def insert_rows(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Straight through the driver, in the transaction ``conn`` holds: COPY on PostgreSQL,
-    executemany on SQLite (the time as SQLAlchemy's SQLite DateTime writes it, naive UTC;
-    ``detail`` as JSON text either way)."""
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        if conn.dialect.name == "postgresql":
-            with cursor.copy(_COPY) as copy:  # type: ignore[attr-defined]
-                for row in rows:
-                    copy.write_row(_values(row, row["ts"]))
-        else:
-            cursor.executemany(_INSERT_SQLITE, [
-                _values(row, row["ts"].replace(tzinfo=None).isoformat(" ", "microseconds"))
-                for row in rows])
-    finally:
-        cursor.close()
+def _insert(cursor: Any, sqlite: bool, rows: Sequence[dict[str, Any]]) -> None:
+    """COPY on PostgreSQL, executemany on SQLite (the time as SQLAlchemy's SQLite DateTime
+    writes it, naive UTC; ``detail`` as JSON text either way)."""
+    if not sqlite:
+        with cursor.copy(_COPY) as copy:
+            for row in rows:
+                copy.write_row(_values(row, row["ts"]))
+    else:
+        cursor.executemany(_INSERT_SQLITE, [
+            _values(row, row["ts"].replace(tzinfo=None).isoformat(" ", "microseconds"))
+            for row in rows])
 
 
 def _values(row: dict[str, Any], ts: object) -> tuple[Any, ...]:
-    values = [row[c] for c in COLUMNS]
+    values = list(_ROW(row))
     values[_TS] = ts
     values[_DETAIL] = orjson.dumps(row["detail"]).decode()
     return tuple(values)
@@ -103,10 +106,53 @@ def move_head(conn: Connection | Session, seq: int, last: bytes) -> None:
     conn.execute(_MOVE, {"seq": seq, "hash": last.hex()})
 
 
-def holds(conn: Connection, seq: int, hash_hex: str) -> bool:
-    """Whether record ``seq`` is stored with ``hash_hex`` (a commit that went through)."""
-    row = conn.execute(_AT, {"seq": seq}).first()
-    return row is not None and row[0] == hash_hex
+class Append:
+    """One append transaction on a driver connection, the head locked (``locked``)."""
+
+    def __init__(self, dbapi: Any, dialect: str) -> None:
+        self.dbapi = dbapi  # the pool's proxy: ``info`` lives as long as the connection
+        self.sqlite = dialect == "sqlite"
+        self._sql = _DRIVER_SQL[dialect]
+        self._cursor = dbapi.cursor()
+        self._cursor.execute(self._sql["begin"])  # SQLite: the lock; PostgreSQL: its bound
+        seq, hash_hex = self._cursor.execute(self._sql["head"]).fetchone()
+        self.seq, self.prev = int(seq), bytes.fromhex(hash_hex)
+
+    def holds(self, seq: int, hash_hex: str) -> bool:
+        """Whether record ``seq`` is stored with ``hash_hex`` (a commit that went through
+        unanswered)."""
+        row = self._cursor.execute(self._sql["at"], (seq,)).fetchone()
+        return row is not None and row[0] == hash_hex
+
+    def insert(self, rows: Sequence[dict[str, Any]]) -> None:
+        _insert(self._cursor, self.sqlite, rows)
+
+    def upsert(self, usage: Mapping[rollup.Key, rollup.Usage]) -> None:
+        """Add ``usage`` (``rollup.aggregate``) to the usage table in this transaction."""
+        rollup.write(self.dbapi, self.sqlite, usage)
+
+    def move_head(self, seq: int, last: bytes) -> None:
+        self._cursor.execute(self._sql["move"], (seq, last.hex()))
+
+    def commit(self) -> None:
+        self._cursor.close()
+        self.dbapi.commit()
+
+
+@contextmanager
+def locked(engine: Engine) -> Iterator[Append]:
+    """Begin the append transaction on a pooled driver connection and lock the head; the
+    caller commits (without a commit it is rolled back). Whatever fails inside, the
+    connection is dropped, not pooled again: the state of its transaction is unknown (a
+    killed backend, an interrupted statement)."""
+    dbapi = engine.raw_connection()
+    try:
+        yield Append(dbapi, engine.dialect.name)
+    except BaseException:
+        dbapi.invalidate()
+        raise
+    finally:
+        dbapi.close()  # back to the pool, rolled back if not committed
 
 
 def read_head(conn: Connection) -> tuple[int, str]:

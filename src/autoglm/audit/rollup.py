@@ -181,8 +181,15 @@ def upsert(conn: Connection | Session, usage: Mapping[Key, Usage]) -> None:
     if not usage:
         return
     connection = conn.connection() if isinstance(conn, Session) else conn
-    dbapi = connection.connection.dbapi_connection
-    sqlite = connection.dialect.name == "sqlite"
+    write(connection.connection, connection.dialect.name == "sqlite", usage)
+
+
+def write(dbapi: Any, sqlite: bool, usage: Mapping[Key, Usage]) -> None:
+    """``upsert`` on a pooled driver connection (``dbapi``: the pool's proxy, whose
+    ``info`` lasts as long as the connection: the SQLite function is registered once per
+    connection, not once per commit)."""
+    if not usage:
+        return
     params = []
     for (bucket, period, *ids), u in usage.items():
         when: Any = period.replace(tzinfo=None).isoformat(" ", "microseconds") if sqlite \
@@ -190,14 +197,13 @@ def upsert(conn: Connection | Session, usage: Mapping[Key, Usage]) -> None:
         params.append((bucket, when, *ids, u.requests, u.errors, u.denials, u.prompt_tokens,
                        u.completion_tokens, u.latency_sum_ms, u.latency_max_ms,
                        orjson.dumps(trimmed(u.hist)).decode()))
-    cursor = dbapi.cursor()  # type: ignore[union-attr]
+    if sqlite and not dbapi.info.get(SQLITE_HIST_ADD):
+        dbapi.dbapi_connection.create_function(SQLITE_HIST_ADD, 2, _sqlite_hist_add,
+                                               deterministic=True)
+        dbapi.info[SQLITE_HIST_ADD] = True
+    cursor = dbapi.cursor()
     try:
-        if sqlite:
-            dbapi.create_function(SQLITE_HIST_ADD, 2, _sqlite_hist_add,  # type: ignore[union-attr]
-                                  deterministic=True)
-            cursor.executemany(_UPSERT_SQLITE, params)
-        else:
-            cursor.executemany(_UPSERT_PG, params)
+        cursor.executemany(_UPSERT_SQLITE if sqlite else _UPSERT_PG, params)
     finally:
         cursor.close()
 

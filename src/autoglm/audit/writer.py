@@ -343,16 +343,14 @@ class AuditLog:
         ``attempted``: the last (seq, hash) of an earlier try whose commit may have gone
         through unanswered; if the database holds it, that try did commit."""
         usage = rollup.aggregate(row for row, _ in prepared)  # summed before the lock
-        with self._db.engine.connect() as conn:
-            seq, prev = chain.begin_locked(conn)
-            if attempted is not None and chain.holds(conn, *attempted):
-                conn.rollback()
-                return attempted[1]
-            last = chain.seal_rows(self._key, seq, prev, prepared)
-            chain.insert_rows(conn, [row for row, _ in prepared])
-            rollup.upsert(conn, usage)  # the usage table commits with its records
-            chain.move_head(conn, seq + len(prepared), last)
-            conn.commit()
+        with chain.locked(self._db.engine) as tx:  # on the driver: see ``chain``
+            if attempted is not None and tx.holds(*attempted):
+                return attempted[1]  # (rolled back as the connection goes back)
+            last = chain.seal_rows(self._key, tx.seq, tx.prev, prepared)
+            tx.insert([row for row, _ in prepared])
+            tx.upsert(usage)  # the usage table commits with its records
+            tx.move_head(tx.seq + len(prepared), last)
+            tx.commit()
         return last.hex()
 
 

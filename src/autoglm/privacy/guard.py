@@ -11,14 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from autoglm.errors import ConfigError, PiiBlockedError
 from autoglm.privacy.recognisers import DEFAULT_RECOGNISERS, AnchoredRecogniser, Recogniser
 from autoglm.privacy.scanner import Finding, Scanner
-
-if TYPE_CHECKING:
-    from autoglm.privacy.stream import StreamGuard
+from autoglm.privacy.stream import StreamGuard
 
 Action = Literal["allow", "mask", "block"]
 ACTIONS: tuple[Action, ...] = ("allow", "mask", "block")
@@ -106,8 +104,6 @@ class PiiGuard:
 
     def stream(self) -> StreamGuard:
         """A guard for one streamed answer."""
-        from autoglm.privacy.stream import StreamGuard
-
         return StreamGuard(self)
 
     def render(self, text: str, findings: Iterable[Finding], lo: int, hi: int

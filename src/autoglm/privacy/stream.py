@@ -75,8 +75,12 @@ class StreamGuard:
         text = self._context + buf
         off = len(self._context)
         cut += off
+        found = self._guard.scanner.scan(text)  # in order of their starts
+        if not found or found[-1].start < off:  # the common case: release up to the cut
+            self._advance(text, cut, forced)
+            return text[off:cut]
         # A value starting in the context was settled when that text was released.
-        findings = [f for f in self._guard.scan(text) if f.start >= off]
+        findings = [f for f in found if f.start >= off]
         ready: list[Finding] = []
         for f in findings:
             if f.end <= cut:

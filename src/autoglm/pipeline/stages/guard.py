@@ -88,6 +88,14 @@ class GuardOutput(Stage):
                 if rest:
                     out.append(Delta(rest, index=index))
             return (*out, event)
+        if event.finish_reason is not None and event.index not in streams:
+            # the choice's one delta (a JSON answer): the one-shot guard gives what a
+            # stream guard fed it and finished would, without making one
+            result = guard.apply(event.text)
+            if result.blocked:
+                raise PiiBlockedError(result.blocked)
+            event.text = ""
+            return (Delta(result.text, index=event.index), event) if result.text else (event,)
         stream = streams.get(event.index) or streams.setdefault(event.index, guard.stream())
         if event.finish_reason is None:
             event.text = _checked(stream, event.text)

@@ -48,7 +48,11 @@ def test_sigkill_under_load_loses_no_answered_record(tmp_path: Path) -> None:
     try:
         for t in threads:
             t.start()
-        time.sleep(4.0)
+        # under load for a while: at least 4 s and 30 answers (a busy machine is slower)
+        started = time.monotonic()
+        while time.monotonic() - started < 30 and (
+                time.monotonic() - started < 4.0 or len(answered) < 30):
+            time.sleep(0.1)
         killed_at = time.monotonic()
         os.killpg(srv.proc.pid, signal.SIGKILL)
     finally:

@@ -233,7 +233,7 @@ def bare_child(py: str, tmp: Path, port: int, upstream_port: int) -> Child:
 
 
 def gateway_child(py: str, tmp: Path, port: int, upstream_port: int, key: str,
-                  workers: int) -> Child:
+                  workers: int, env: dict[str, str] | None = None) -> Child:
     config = tmp / "config.yaml"
     config.write_text(
         "models:\n"
@@ -247,7 +247,7 @@ def gateway_child(py: str, tmp: Path, port: int, upstream_port: int, key: str,
     if workers != 1:  # today's ``autoglm serve`` may not know the flag yet
         argv += ["--workers", str(workers)]
     # stderr (gateway.err) gets the JSON access log
-    return Child("gateway", argv, tmp, env={"AUTOGLM_ADMIN_KEY": key})
+    return Child("gateway", argv, tmp, env={"AUTOGLM_ADMIN_KEY": key, **(env or {})})
 
 
 def start_servers(servers: Servers, args: argparse.Namespace, tmp: Path, key: str) -> None:
@@ -269,7 +269,7 @@ def start_servers(servers: Servers, args: argparse.Namespace, tmp: Path, key: st
         servers.urls["bare"] = f"http://127.0.0.1:{port}/v1/chat/completions"
     if "gateway" in args.targets:
         port = free_port()
-        gateway = gateway_child(py, tmp, port, up_port, key, args.workers)
+        gateway = gateway_child(py, tmp, port, up_port, key, args.workers, dict(args.env))
         servers.children["gateway"] = gateway
         gateway.start()
         gateway.wait_ready(http_ok(f"http://127.0.0.1:{port}/readyz"), timeout_s=90)
@@ -513,6 +513,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "not passed when 1)")
     p.add_argument("--targets", type=parse_targets, default=TARGETS,
                    help=f"comma-separated subset of {','.join(TARGETS)} (default: all)")
+    p.add_argument("--env", action="append", default=[], type=_env_pair, metavar="NAME=VALUE",
+                   help="an AUTOGLM_* setting for the gateway, e.g. AUTOGLM_RATE_LIMITS=... "
+                   "(limits on) or AUTOGLM_REDIS_URL=...; repeatable")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gateway.json")
     args = p.parse_args(argv)
     if min(args.rounds, args.duration, args.chunks, args.workers) < 1:
@@ -541,6 +544,13 @@ def write_json(args: argparse.Namespace, out: dict[str, Any], goals: list[dict[s
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {args.out}")
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("AUTOGLM_"):
+        raise argparse.ArgumentTypeError(f"expected AUTOGLM_NAME=VALUE, not {text!r}")
+    return name, value
 
 
 def main(argv: list[str] | None = None) -> int:

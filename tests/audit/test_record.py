@@ -57,7 +57,11 @@ def test_awkward_values_are_stored_as_sealed(db: Database, paths: AuditPaths) ->
     assert len(row.resource) == 256 and row.actor == "prn\ufffdevil"
     assert row.model == "模型-😀" and row.purpose is None  # sealed, with the address
     opened = [{"actor": row.actor, "ts": row.ts, "personal": row.personal}]
-    AuditLog(db, paths).vault.open_rows(opened)
+    reader = AuditLog(db, paths)
+    try:
+        reader.vault.open_rows(opened)
+    finally:
+        reader.close()  # no writer thread left behind to log about a dropped database
     assert opened[0]["purpose"] == "bad ? surrogate" and opened[0]["client_addr"] == "2001:db8::1"
     assert row.latency_ms == 7.0 and row.prompt_tokens == 3
     assert row.detail == {"nan": None, "big": 1e300, "nested": {"a": [1, 2], "z": 1}}

@@ -55,7 +55,7 @@ def test_a_cli_command_before_the_first_serve_makes_no_unseen_admin_key(tmp_path
     result = CliRunner().invoke(app, ["tenants", "create", "bank", "--json"],
                                 env={"AUTOGLM_DATA_DIR": str(tmp_path)})
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["name"] == "bank"
+    assert json.loads(result.stdout)["name"] == "bank"  # logs may go to stderr
     shown: list[str] = []
     settings = Settings(data_dir=tmp_path)
     bootstrap(settings, lambda key, where: shown.append(key), _db(settings))

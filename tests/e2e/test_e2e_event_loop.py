@@ -1,7 +1,8 @@
 """Admin calls never stall token streams: while 200 refused admin calls a second hammer the
 gateway (each refusal writes an audit row), a running stream's p95 gap between tokens
-stays within 20% of the quiet figure. Before, each admin handler ran its database work on
-the event loop, so every query delayed every stream's next token."""
+stays within 30% of the quiet figure (medians over five rounds; about 1.1 on a quiet
+machine, and shared CI machines add their own noise). Before, each admin handler ran its
+database work on the event loop, so every query delayed every stream's next token: 1.46."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.e2e
 
 RATE = 200  # refused admin calls per second
 HAMMERS = 4  # connections (keep-alive), RATE / HAMMERS each
-ROUNDS = 3  # quiet and loaded streams alternate; the medians are compared
+ROUNDS = 5  # quiet and loaded streams alternate; the medians are compared
 STREAM = {"model": MODEL, "stream": True, "max_tokens": 120, "temperature": 0, "seed": 1,
           "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}]}
 
@@ -115,4 +116,4 @@ def test_refused_admin_calls_do_not_stall_a_running_stream(srv: ServerProcess) -
     print(f"p95 token gap: quiet {q * 1e3:.1f} ms, under {RATE}/s refused admin calls "
           f"{l * 1e3:.1f} ms (ratio {l / q:.2f}); hammer rates {[round(r) for r in rates]}")
     assert min(rates) >= RATE * 0.85, rates
-    assert l <= q * 1.2, (quiet, loaded)
+    assert l <= q * 1.3, (quiet, loaded)

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from autoglm.store.models import AuditRecord
 from tests.conftest import MODEL, make_settings, start_app
+from tests.limits.conftest import WINDOW_S
 
 pytestmark = pytest.mark.model
 
@@ -22,6 +23,7 @@ def chat() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 async def world(tmp_path_factory) -> AsyncIterator[dict[str, Any]]:  # noqa: ANN001
     settings = make_settings(tmp_path_factory.mktemp("limits-admin"),
+                             rate_limit_window_s=WINDOW_S,
                              rate_limits={"tenant": {"tokens_per_day": 1_000_000}})
     async for client in start_app(settings):
         out: dict[str, Any] = {"client": client}

@@ -115,6 +115,10 @@ async def test_non_object_body_is_400(api: AppClient) -> None:
         (chat(top_p=0), "top_p"),
         (chat(stream="yes"), "stream"),
         (chat(stop=["a", "b", "c", "d", "e"]), "stop"),
+        (chat(tool_choice="required"), "tool_choice"),  # with no tools
+        (chat(response_format={"type": "json_schema"}), "response_format.json_schema"),
+        (chat(tools=[{"type": "function", "function": {"name": "a b"}}]),
+         "tools.0.function.name"),
     ],
 )
 async def test_bad_values_are_400_naming_the_field(api: AppClient, body, param) -> None:
@@ -125,10 +129,8 @@ async def test_bad_values_are_400_naming_the_field(api: AppClient, body, param) 
     ("extra", "param"),
     [
         ({"n": 2}, "n"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"tool_choice": "required"}, "tool_choice"),
+        ({"functions": [{"name": "f"}]}, "functions"),
         ({"logprobs": True}, "logprobs"),
-        ({"response_format": {"type": "json_schema"}}, "response_format"),
     ],
 )
 async def test_unsupported_values_are_400_naming_the_parameter(api, extra, param) -> None:

@@ -137,11 +137,11 @@ def test_bad_parameters_are_invalid_argument(stub: pb_grpc.InferenceStub) -> Non
     assert openai_error(exc.value, grpc.StatusCode.INVALID_ARGUMENT)["param"] == "temperature"
     # extra reaches the same validation as a REST body
     req = chat()
-    req.extra.update({"tools": [{"type": "function", "function": {"name": "f"}}]})
+    req.extra.update({"functions": [{"name": "f"}]})
     with pytest.raises(grpc.RpcError) as exc:
         stub.ChatCompletion(req, metadata=AUTH, timeout=TIMEOUT_S)
     err = openai_error(exc.value, grpc.StatusCode.INVALID_ARGUMENT)
-    assert (err["code"], err["param"]) == ("unsupported_parameter", "tools")
+    assert (err["code"], err["param"]) == ("unsupported_parameter", "functions")
 
 
 def test_health_and_reflection(channel: grpc.Channel) -> None:

@@ -15,6 +15,8 @@ class GenerationRequest:
     stop: list[str]
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
+    # {"tools": [OpenAI tools], "choice": "auto"|"required"|"none"|name, "parallel": bool}
+    tools: dict[str, Any] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -26,6 +28,8 @@ class GenerationRequest:
         }
         if self.kind == "chat":
             out["messages"] = self.messages
+            if self.tools is not None:
+                out["tools"] = self.tools
         else:
             out["prompt"] = self.prompt
         return out

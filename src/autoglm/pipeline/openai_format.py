@@ -21,6 +21,7 @@ from autoglm.engine.base import Delta, Finished
 from autoglm.errors import EngineError
 from autoglm.pipeline.request import InferenceRequest
 from autoglm.pipeline.service import Answer
+from autoglm.structured.calls import ToolCallParser, split_calls, wants_tool_calls
 
 DONE = b"data: [DONE]\n\n"
 
@@ -30,7 +31,17 @@ def sse(data: dict[str, Any]) -> bytes:
 
 
 class OpenAIEncoder:
-    __slots__ = ("chat", "include_usage", "_id", "created", "model", "object", "fingerprint")
+    __slots__ = (
+        "_id",
+        "_parsers",
+        "chat",
+        "created",
+        "fingerprint",
+        "include_usage",
+        "model",
+        "object",
+        "tools",
+    )
 
     def __init__(self, req: InferenceRequest, answer: Answer) -> None:
         self.chat = req.kind == "chat"
@@ -40,6 +51,10 @@ class OpenAIEncoder:
         self._id: str | None = None  # made when first needed: upstream answers have theirs
         self.fingerprint: str | None = None
         self.object = "chat.completion.chunk" if self.chat else "text_completion"
+        # The embedded engine writes tool calls as markup; they become ``tool_calls`` here
+        # (after every stage saw the text). Upstream answers carry their own.
+        self.tools = self.chat and wants_tool_calls(req.body)
+        self._parsers: dict[int, ToolCallParser] = {}
 
     @property
     def id(self) -> str:
@@ -48,7 +63,8 @@ class OpenAIEncoder:
         return self._id
 
     # --- streams ---------------------------------------------------------------------------
-    def chunk(self, ev: Delta) -> dict[str, Any]:
+    def chunk(self, ev: Delta) -> dict[str, Any] | None:
+        """The chunk for ``ev``, or None when it has nothing to say yet."""
         raw = ev.raw
         if raw is not None:  # an upstream chunk: put the text back, keep everything else
             self._adopt(raw)
@@ -62,16 +78,36 @@ class OpenAIEncoder:
             delta: dict[str, Any] = {}
             if ev.role is not None:
                 delta["role"] = ev.role
-            if ev.text or ev.finish_reason is None:
-                delta["content"] = ev.text
+            text, finish = ev.text, ev.finish_reason
+            if self.tools:
+                text, calls, finish = self._calls(ev)
+                if calls:
+                    delta["tool_calls"] = calls
+                elif not text and finish is None and not delta:
+                    return None  # text held while it may start a tool call: nothing yet
+            if text or (finish is None and "tool_calls" not in delta):
+                delta["content"] = text
             choice: dict[str, Any] = {"index": ev.index, "delta": delta, "logprobs": None,
-                                      "finish_reason": ev.finish_reason}
+                                      "finish_reason": finish}
         else:
             choice = {"index": ev.index, "text": ev.text, "logprobs": None,
                       "finish_reason": ev.finish_reason}
         return {"id": self.id, "object": self.object, "created": self.created,
                 "model": self.model, "system_fingerprint": self.fingerprint,
                 "choices": [choice]}
+
+    def _calls(self, ev: Delta) -> tuple[str, list[dict[str, Any]], str | None]:
+        parser = self._parsers.get(ev.index)
+        if parser is None:
+            parser = self._parsers[ev.index] = ToolCallParser()
+        text, calls = parser.feed(ev.text)
+        finish = ev.finish_reason
+        if finish is not None:
+            rest, more = parser.finish()
+            text, calls = text + rest, calls + more
+            if parser.calls and finish == "stop":
+                finish = "tool_calls"
+        return text, calls, finish
 
     def _adopt(self, raw: dict[str, Any]) -> None:
         """Chunks we make later (held text released by a stage) match the upstream's."""
@@ -96,7 +132,9 @@ class OpenAIEncoder:
         try:
             async for ev in answer:
                 if isinstance(ev, Delta):
-                    yield sse(self.chunk(ev))
+                    chunk = self.chunk(ev)
+                    if chunk is not None:
+                        yield sse(chunk)
                 elif isinstance(ev, Finished):
                     if self.include_usage:
                         yield sse(self.usage_chunk(ev))
@@ -143,9 +181,15 @@ class OpenAIEncoder:
         for index in sorted(texts):
             text = "".join(texts[index])
             if self.chat:
-                choices.append({"index": index, "message": {"role": "assistant", "content": text,
-                                                             "refusal": None},
-                                "logprobs": None, "finish_reason": finish.get(index)})
+                message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+                reason = finish.get(index)
+                if self.tools:
+                    message["content"], calls = split_calls(text)
+                    if calls:
+                        message["tool_calls"] = calls
+                        reason = "tool_calls" if reason == "stop" else reason
+                choices.append({"index": index, "message": message, "logprobs": None,
+                                "finish_reason": reason})
             else:
                 choices.append({"index": index, "text": text, "logprobs": None,
                                 "finish_reason": finish.get(index)})

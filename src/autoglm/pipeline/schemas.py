@@ -21,11 +21,26 @@ class ContentPart(BaseModel):
     text: str | None = None
 
 
+class FunctionCall(BaseModel):
+    model_config = _STRICT
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    model_config = _STRICT
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = _STRICT
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -49,9 +64,18 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = _STRICT
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(BaseModel):
     model_config = _STRICT
     type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class _Sampling(BaseModel):
@@ -104,6 +128,7 @@ class ChatCompletionRequest(_Sampling):
     response_format: ResponseFormat | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
     functions: list[Any] | None = None
     function_call: Any = None
     logprobs: bool | None = None
@@ -114,24 +139,26 @@ class ChatCompletionRequest(_Sampling):
 
     def check(self) -> None:
         self.check_common()
-        for name in ("tools", "functions"):
-            if getattr(self, name):
-                raise UnsupportedParameterError(
-                    f"'{name}' is not supported by this model (no function calling)", param=name
-                )
-        if self.tool_choice not in (None, "none"):
-            raise UnsupportedParameterError("'tool_choice' is not supported", param="tool_choice")
-        if self.function_call not in (None, "none"):
+        if self.functions or self.function_call not in (None, "none"):
+            name = "functions" if self.functions else "function_call"
             raise UnsupportedParameterError(
-                "'function_call' is not supported", param="function_call"
-            )
+                f"'{name}' (the deprecated form) is not supported: use 'tools' and "
+                "'tool_choice'", param=name)
         if self.logprobs or self.top_logprobs:
             raise UnsupportedParameterError("'logprobs' is not supported", param="logprobs")
-        if self.response_format is not None and self.response_format.type == "json_schema":
-            raise UnsupportedParameterError(
-                "response_format 'json_schema' is not supported; use 'json_object'",
-                param="response_format",
-            )
+        rf = self.response_format
+        if rf is not None and rf.type == "json_schema" and (
+                rf.json_schema is None or rf.json_schema.schema_ is None):
+            raise InvalidRequestError(
+                "response_format 'json_schema' needs 'json_schema': {'name': ..., 'schema': "
+                "{...}}", param="response_format.json_schema")
+        for i, m in enumerate(self.messages):
+            if m.role == "tool" and not m.tool_call_id:
+                raise InvalidRequestError("a message of role 'tool' needs 'tool_call_id'",
+                                          param=f"messages.{i}.tool_call_id")
+            if m.tool_calls and m.role != "assistant":
+                raise InvalidRequestError("only assistant messages carry 'tool_calls'",
+                                          param=f"messages.{i}.tool_calls")
 
     @property
     def json_object(self) -> bool:
@@ -141,7 +168,14 @@ class ChatCompletionRequest(_Sampling):
         out = []
         for m in self.messages:
             role = "system" if m.role == "developer" else m.role
-            out.append({"role": role, "content": m.text()})
+            msg: dict[str, Any] = {"role": role, "content": m.text()}
+            if m.tool_calls:
+                msg["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+            if m.tool_call_id is not None:
+                msg["tool_call_id"] = m.tool_call_id
+            if m.name is not None and role == "tool":
+                msg["name"] = m.name
+            out.append(msg)
         return out
 
 

@@ -237,7 +237,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             else:
                 async for ev in answer:
                     if isinstance(ev, Delta):
-                        await context.write(api.chunk(enc.chunk(ev)))
+                        chunk = enc.chunk(ev)
+                        if chunk is not None:
+                            await context.write(api.chunk(chunk))
                     elif isinstance(ev, Finished):
                         await context.write(api.chunk(enc.usage_chunk(ev)))
                         break

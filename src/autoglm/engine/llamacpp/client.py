@@ -31,6 +31,8 @@ from autoglm.errors import EngineError, EngineUnavailableError, error_from_wire
 from autoglm.pipeline.request import InferenceRequest
 from autoglm.pipeline.schemas import ChatCompletionRequest, CompletionRequest, parse
 from autoglm.settings import Settings
+from autoglm.structured.constraints import ConstraintCache
+from autoglm.structured.tools import parse_tools
 
 
 class LlamaCppEngine:
@@ -46,6 +48,7 @@ class LlamaCppEngine:
             context_length=settings.ctx_per_slot, verification=verification,
         )
         self.queue = AdmissionQueue.for_settings(settings.slots, settings)
+        self.constraints = ConstraintCache()
         argv = python_argv(
             "autoglm.engine.llamacpp.worker",
             "--socket", str(self.socket_path),
@@ -142,7 +145,7 @@ class LlamaCppEngine:
     async def _probe_pid(self) -> int | None:
         try:
             self.last_hello = await self._hello(2.0)
-        except (OSError, ConnectionError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, OSError, ConnectionError, ValueError):
             return None
         self._record_integrity(self.last_hello)
         pid = self.last_hello.get("pid")
@@ -161,7 +164,7 @@ class LlamaCppEngine:
         t0 = time.perf_counter()
         try:
             await self._hello(2.0)
-        except (OSError, ConnectionError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, OSError, ConnectionError, ValueError):
             return EngineHealth(self.supervisor.name, "down", None, detail)
         return EngineHealth(self.supervisor.name, "ready", (time.perf_counter() - t0) * 1e3, detail)
 
@@ -185,10 +188,21 @@ class LlamaCppEngine:
         if req.kind == "chat":
             chat: ChatCompletionRequest = parse(ChatCompletionRequest, req.body)
             chat.check()
+            tools = parse_tools(chat.tools, chat.tool_choice, chat.parallel_tool_calls)
+            rf = chat.response_format
+            spec = rf.json_schema if rf is not None and rf.type == "json_schema" else None
+            constraint = self.constraints.get(spec.schema_ if spec else None,
+                                              bool(spec and spec.strict), tools)
+            sampling = chat.sampling(chat.json_object and constraint is None)
+            if constraint is not None:
+                sampling["grammar"] = constraint.grammar
+                sampling["grammar_trigger"] = constraint.trigger
             req.generation = GenerationRequest(
                 kind="chat", messages=chat.wire_messages(),
-                max_tokens=chat.effective_max_tokens(), sampling=chat.sampling(chat.json_object),
-                stop=chat.stop_list())
+                max_tokens=chat.effective_max_tokens(), sampling=sampling,
+                stop=chat.stop_list(),
+                tools=None if tools is None else {"tools": chat.tools, "choice": chat.tool_choice,
+                                                  "parallel": chat.parallel_tool_calls})
         else:
             comp: CompletionRequest = parse(CompletionRequest, req.body)
             comp.check()

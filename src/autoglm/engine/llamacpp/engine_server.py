@@ -11,11 +11,17 @@ from typing import Any
 from autoglm.engine import ipc
 from autoglm.engine.llamacpp.model import LlamaModel
 from autoglm.engine.llamacpp.prompt import PromptBuilder, check_length
-from autoglm.engine.llamacpp.sampling import Sampler, SamplingParams
+from autoglm.engine.llamacpp.sampling import GrammarCache, Sampler, SamplingParams
 from autoglm.engine.llamacpp.scheduler import Job, Scheduler
 from autoglm.engine.llamacpp.sink import SocketSink
 from autoglm.engine.llamacpp.text import TextStream
-from autoglm.errors import AutoGLMError, ContextLengthError, EngineError, InvalidRequestError
+from autoglm.errors import (
+    AutoGLMError,
+    ContextLengthError,
+    EngineError,
+    InvalidRequestError,
+)
+from autoglm.structured.tools import ToolSet, parse_tools
 
 log = logging.getLogger("autoglm.engine")
 
@@ -28,6 +34,7 @@ class EngineServer:
         self.model_id = model_id
         self.default_max_tokens = default_max_tokens
         self.prompts = PromptBuilder(model)
+        self.grammars = GrammarCache(model)
         self.scheduler = Scheduler(model, self._emit)
         # No token is longer than this: text beyond ctx_per_slot times it cannot fit, and
         # is refused before any tokenizing.
@@ -68,7 +75,7 @@ class EngineServer:
             if not isinstance(messages, list) or not messages:
                 raise InvalidRequestError("messages must be a non-empty list", param="messages")
             self._bound([m.get("content") for m in messages if isinstance(m, dict)], "messages")
-            prompt = self.prompts.chat(messages)
+            prompt = self.prompts.chat(messages, _toolset(req.get("tools")))
         else:
             prompt_text = req.get("prompt")
             if not isinstance(prompt_text, str):
@@ -83,7 +90,8 @@ class EngineServer:
         )
         params = SamplingParams.from_dict(req.get("sampling") or {})
         stop = [s for s in (req.get("stop") or []) if isinstance(s, str)]
-        return Job(prompt, max_tokens, Sampler(self.model, params), TextStream(stop), sink)
+        sampler = Sampler(self.model, params, self.grammars)
+        return Job(prompt, max_tokens, sampler, TextStream(stop), sink)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -129,3 +137,10 @@ class EngineServer:
         finally:
             hangup.cancel()
             sink.close()
+
+
+def _toolset(spec: Any) -> ToolSet | None:
+    """The tools the gateway checked (``GenerationRequest.tools``)."""
+    if not isinstance(spec, dict):
+        return None
+    return parse_tools(spec.get("tools"), spec.get("choice"), spec.get("parallel"))

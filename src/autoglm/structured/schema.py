@@ -287,7 +287,7 @@ class _Visitor:
                            "properties")
         extra = schema.get("additionalProperties", not props)
         if self.strict:
-            if extra is not False:
+            if schema.get("additionalProperties") is not False:
                 raise _bad(path, "strict schemas must set 'additionalProperties': false on "
                            "every object")
             missing = [p for p in props if p not in required]

@@ -121,8 +121,9 @@ class Sampler:
             self._cands = np.zeros(model.n_vocab, dtype=_TOKEN_DATA)
             self._one = (llama_cpp.llama_token_data * 1)()
             self._one_arr = llama_cpp.llama_token_data_array(self._one, 1, -1, False)
-        add = lambda s: llama_cpp.llama_sampler_chain_add(chain, s)
-        if params.presence_penalty or params.frequency_penalty:
+        add = lambda s: llama_cpp.llama_sampler_chain_add(chain, s)  # noqa: E731
+        self._penalties = bool(params.presence_penalty or params.frequency_penalty)
+        if self._penalties:
             add(
                 llama_cpp.llama_sampler_init_penalties(
                     model.n_vocab, 64, 1.0, params.frequency_penalty, params.presence_penalty
@@ -140,11 +141,16 @@ class Sampler:
     def sample(self, model: LlamaModel, index: int) -> int:
         if self._grammar is None:
             return int(llama_cpp.llama_sampler_sample(self._chain, model.ctx, index))
-        token = self._pick(model, index, with_grammar=False)
-        if not self._allowed(token):
-            token = self._pick(model, index, with_grammar=True)
+        if self._penalties:  # stateful: the chain must see only the token kept
+            token = self._pick(model, index, with_grammar=False)
+            if not self._allowed(token):
+                token = self._pick(model, index, with_grammar=True)
+            llama_cpp.llama_sampler_accept(self._chain, token)
+        else:  # llama.cpp's own path for the pick (it accepts into the stateless chain)
+            token = int(llama_cpp.llama_sampler_sample(self._chain, model.ctx, index))
+            if not self._allowed(token):
+                token = self._pick(model, index, with_grammar=True)
         llama_cpp.llama_sampler_accept(self._grammar, token)
-        llama_cpp.llama_sampler_accept(self._chain, token)
         return token
 
     def _pick(self, model: LlamaModel, index: int, *, with_grammar: bool) -> int:

@@ -52,8 +52,10 @@ class OpenAIEncoder:
         self.fingerprint: str | None = None
         self.object = "chat.completion.chunk" if self.chat else "text_completion"
         # The embedded engine writes tool calls as markup; they become ``tool_calls`` here
-        # (after every stage saw the text). Upstream answers carry their own.
-        self.tools = self.chat and wants_tool_calls(req.body)
+        # (after every stage saw the text). Upstream answers carry their own: a JSON one
+        # starts with its ``raw`` object, a streamed one's events carry theirs, and the
+        # first such event turns this off.
+        self.tools = self.chat and answer.started.raw is None and wants_tool_calls(req.body)
         self._parsers: dict[int, ToolCallParser] = {}
 
     @property
@@ -67,6 +69,7 @@ class OpenAIEncoder:
         """The chunk for ``ev``, or None when it has nothing to say yet."""
         raw = ev.raw
         if raw is not None:  # an upstream chunk: put the text back, keep everything else
+            self.tools = False
             self._adopt(raw)
             choices = raw.get("choices")
             if choices:
@@ -173,6 +176,7 @@ class OpenAIEncoder:
                 choices.append(choice)
             whole["choices"] = choices
             return whole
+        self.tools = self.tools and not raws
         return self._whole(texts, finish, fin)
 
     def _whole(self, texts: dict[int, list[str]], finish: dict[int, str | None],

@@ -8,9 +8,10 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
-PROXIES = ("bare", "gateway")  # targets compared with direct
+PROXIES = ("bare", "gateway", "gateway_b")  # targets compared with direct
 TARGET_ADDED_P50_MS = 0.35  # gateway p50 over direct, 1 connection, JSON
 TARGET_BARE_RATIO = 0.75  # gateway / bare proxy requests/s, 16 connections, JSON
+TARGET_B_RATIO = 0.7  # the same with limits on (the Redis issue's goal), --env-b
 
 def med(xs: list[float]) -> float:
     return statistics.median(xs)
@@ -59,6 +60,11 @@ def summarize(mode: str, conns: int, targets: tuple[str, ...],
     out["rps_over_direct"] = {who: rps_ratio(rounds, who, "direct") for who in compared}
     both = "gateway" in targets and "bare" in targets
     out["gateway_over_bare_rps"] = rps_ratio(rounds, "gateway", "bare") if both else None
+    if "gateway_b" in targets:  # the same gateway with --env-b settings, same rounds
+        out["gateway_b_over_bare_rps"] = (rps_ratio(rounds, "gateway_b", "bare")
+                                          if "bare" in targets else None)
+        out["gateway_b_over_gateway_rps"] = (rps_ratio(rounds, "gateway_b", "gateway")
+                                             if "gateway" in targets else None)
     out["rounds"] = rounds
     return out
 
@@ -78,7 +84,7 @@ def goal(name: str, limit: str, unit: str, needs: tuple[str, ...], targets: tupl
 def judge(results: list[dict[str, Any]], targets: tuple[str, ...]) -> list[dict[str, Any]]:
     by = {(r["mode"], r["connections"]): r for r in results}
     c1, c16 = by[("json", 1)], by[("json", 16)]
-    return [
+    goals = [
         goal("gateway / bare proxy requests/s, 16 connections, JSON",
              f">= {TARGET_BARE_RATIO}", "x", ("bare", "gateway"), targets,
              lambda: c16["gateway_over_bare_rps"], lambda v: v >= TARGET_BARE_RATIO,
@@ -88,18 +94,27 @@ def judge(results: list[dict[str, Any]], targets: tuple[str, ...]) -> list[dict[
              lambda: c1["added"]["gateway"]["p50_ms"], lambda v: v <= TARGET_ADDED_P50_MS,
              lambda: c1["gateway"]["errors"] + c1["direct"]["errors"]),
     ]
+    if "gateway_b" in targets:
+        goals.append(goal("gateway with --env-b / bare proxy requests/s, 16 connections, JSON",
+                          f">= {TARGET_B_RATIO}", "x", ("bare", "gateway_b"), targets,
+                          lambda: c16["gateway_b_over_bare_rps"],
+                          lambda v: v >= TARGET_B_RATIO,
+                          lambda: c16["gateway_b"]["errors"] + c16["bare"]["errors"]))
+    return goals
 
 
 TABLE_COLUMNS = ("mode", "conns", "target", "rps", "p50", "p99", "added p50", "added p99",
                  "rps/direct", "gw/bare", "CPU us/req", "CPU", "host busy", "errors")
-LABELS = {"direct": "direct", "bare": "bare proxy", "gateway": "gateway"}
+LABELS = {"direct": "direct", "bare": "bare proxy", "gateway": "gateway",
+          "gateway_b": "gateway (env-b)"}
 
 
 def table_row(r: dict[str, Any], who: str) -> list[str]:
     s = r[who]
     added = r["added"].get(who)
     ratio = r["rps_over_direct"].get(who)
-    gw_bare = r["gateway_over_bare_rps"] if who == "gateway" else None
+    gw_bare = {"gateway": r["gateway_over_bare_rps"],
+               "gateway_b": r.get("gateway_b_over_bare_rps")}.get(who)
     return [r["mode"], str(r["connections"]), LABELS[who],
             f"{s['rps']:.0f}", f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}",
             f"{added['p50_ms']:+.3f}" if added else "", f"{added['p99_ms']:+.3f}" if added else "",
@@ -147,6 +162,10 @@ def print_report(results: list[dict[str, Any]], targets: tuple[str, ...],
               "per second of wall time (100% = one core); host busy = cores busy "
               "machine-wide during the run (wrk + stand-in + proxy + anything else)")
     con.print(checks_line(checks))
+    for r in results:
+        if r.get("gateway_b_over_gateway_rps") is not None:
+            con.print(f"gateway (env-b) / gateway requests/s, {r['mode']} c={r['connections']}: "
+                      f"{r['gateway_b_over_gateway_rps']:.3f}")
     for tg in goals:
         value = "-" if tg["value"] is None else f"{tg['value']} {tg['unit']}"
         con.print(f"target: {tg['target']} {tg['limit']}: {value} -> {verdict(tg)}")

@@ -29,6 +29,16 @@ ratio of their requests/s, so that each comparison pairs runs that saw the same 
 
 Targets (JSON): the gateway sustains >= 0.75 of the bare proxy's requests/s at 16
 connections, and adds <= 0.35 ms p50 latency over direct at 1 connection.
+
+A/B: ``--env-b NAME=VALUE`` (repeatable) starts a second gateway, ``gateway_b``, with those
+settings on top of ``--env``, measured in the same rounds as the others; the report adds
+gateway_b / bare and gateway_b / gateway. Rate limits on against off, for instance::
+
+    .venv/bin/python bench/gateway.py --targets bare,gateway \
+        --env-b 'AUTOGLM_RATE_LIMITS={"key": {"requests_per_minute": 100000000}}' \
+        --env-b AUTOGLM_REDIS_URL=redis://127.0.0.1:6379/0
+
+(goal: gateway_b / bare >= 0.7 at 16 connections, JSON).
 """
 
 from __future__ import annotations
@@ -62,7 +72,7 @@ MODEL_ID = "standin-model"
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 MODES = ("json", "stream")
 CONNECTIONS = (1, 16)
-TARGETS = ("direct", "bare", "gateway")  # canonical order; rotated every round
+TARGETS = ("direct", "bare", "gateway", "gateway_b")  # canonical order; rotated every round
 WARMUP_S = 1
 WRK_MISSING = "install wrk (Debian: apt-get install wrk)"
 
@@ -274,6 +284,17 @@ def start_servers(servers: Servers, args: argparse.Namespace, tmp: Path, key: st
         gateway.start()
         gateway.wait_ready(http_ok(f"http://127.0.0.1:{port}/readyz"), timeout_s=90)
         servers.urls["gateway"] = f"http://127.0.0.1:{port}/v1/chat/completions"
+    if "gateway_b" in args.targets:  # a second gateway: the same plus the --env-b settings
+        port = free_port()
+        tmp_b = tmp / "b"
+        tmp_b.mkdir(exist_ok=True)
+        gw_b = gateway_child(py, tmp_b, port, up_port, key, args.workers,
+                             {**dict(args.env), **dict(args.env_b)})
+        gw_b.name = "gateway_b"
+        servers.children["gateway_b"] = gw_b
+        gw_b.start()
+        gw_b.wait_ready(http_ok(f"http://127.0.0.1:{port}/readyz"), timeout_s=90)
+        servers.urls["gateway_b"] = f"http://127.0.0.1:{port}/v1/chat/completions"
 
 
 # --------------------------------------------------------------------------------------
@@ -511,13 +532,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1,
                    help="gateway worker processes (autoglm serve --workers N; "
                         "not passed when 1)")
-    p.add_argument("--targets", type=parse_targets, default=TARGETS,
+    p.add_argument("--targets", type=parse_targets, default=TARGETS[:3],
                    help=f"comma-separated subset of {','.join(TARGETS)} (default: all)")
     p.add_argument("--env", action="append", default=[], type=_env_pair, metavar="NAME=VALUE",
                    help="an AUTOGLM_* setting for the gateway, e.g. AUTOGLM_RATE_LIMITS=... "
                    "(limits on) or AUTOGLM_REDIS_URL=...; repeatable")
+    p.add_argument("--env-b", action="append", default=[], type=_env_pair,
+                   metavar="NAME=VALUE",
+                   help="adds the target gateway_b: a second gateway with these settings on "
+                   "top of --env, measured in the same rounds (A/B, e.g. limits off/on)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gateway.json")
     args = p.parse_args(argv)
+    if args.env_b:
+        args.targets = tuple(t for t in TARGETS if t in (*args.targets, "gateway_b"))
+    elif "gateway_b" in args.targets:
+        p.error("the target gateway_b needs --env-b")
     if min(args.rounds, args.duration, args.chunks, args.workers) < 1:
         p.error("--rounds, --duration, --chunks and --workers must be >= 1")
     return args
@@ -534,6 +563,7 @@ def write_json(args: argparse.Namespace, out: dict[str, Any], goals: list[dict[s
         "settings": {"rounds": args.rounds, "duration_s": args.duration, "warmup_s": WARMUP_S,
                      "chunks": args.chunks, "connections": list(CONNECTIONS),
                      "targets": list(args.targets), "gateway_workers": args.workers,
+                     "env": [n for n, _ in args.env], "env_b": [n for n, _ in args.env_b],
                      "wrk": version[0] if version else None, "wrk_threads": 1},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},

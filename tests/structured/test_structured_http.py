@@ -201,3 +201,34 @@ async def test_langchain_bind_tools_and_structured_output(app: AppClient) -> Non
         structured = llm.with_structured_output(City, method=method)
         city = await structured.ainvoke("Describe Rome.")
         assert isinstance(city, City), method
+
+
+async def test_over_grpc_tools_travel_in_extra(tmp_path) -> None:  # noqa: ANN001
+    import grpc
+    from google.protobuf import json_format
+
+    from autoglm.rpc.gen.autoglm.v1 import inference_pb2 as pb
+    from autoglm.rpc.gen.autoglm.v1 import inference_pb2_grpc as pb_grpc
+
+    settings = make_settings(tmp_path / "data", grpc_port=0, max_body_bytes=65536,
+                             ctx_per_slot=1024)
+    req = pb.ChatCompletionRequest(model=MODEL, max_tokens=96, temperature=0, messages=[
+        pb.ChatMessage(role="user", content="Weather in Paris?")])
+    req.extra.update({"tools": [WEATHER], "tool_choice": "required"})
+    async for client in start_app(settings):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{client.app.state.rpc.port}") as ch:
+            stub = pb_grpc.InferenceStub(ch)
+            auth = (("authorization", f"Bearer {ADMIN_KEY}"),)
+            answer = await stub.ChatCompletion(req, metadata=auth, timeout=60)
+            choice = answer.choices[0]
+            assert choice.finish_reason == "tool_calls"
+            calls = json_format.MessageToDict(choice.message.extra)["tool_calls"]
+            assert calls[0]["function"]["name"] == "get_weather"
+            jsonschema.validate(json.loads(calls[0]["function"]["arguments"]),
+                                WEATHER["function"]["parameters"])
+            names = ""
+            async for chunk in stub.ChatCompletionStream(req, metadata=auth, timeout=60):
+                for c in chunk.choices:  # the last chunk has usage and no choice
+                    for d in json_format.MessageToDict(c.delta.extra).get("tool_calls", []):
+                        names += d["function"].get("name", "")
+            assert names == "get_weather"

@@ -130,7 +130,7 @@ def replayed(events: list[Any]) -> tuple[dict[str, Any], list[Any]]:
 async def test_an_answer_recorded_and_replayed() -> None:
     stored, entry = replayed([Delta("", role="assistant"), Delta("Hel"), Delta("lo 138****5678"),
                               Delta("", finish_reason="stop"), Finished(7, 3)])
-    assert stored == {"v": 1, "usage": [7, 3],
+    assert stored == {"v": 1, "usage": [7, 3, None],
                       "choices": [[0, "assistant", "Hello 138****5678", "stop"]]}
     replay = Replay(CARD, entry)
     req = InferenceRequest("chat", body={})

@@ -130,9 +130,11 @@ class _EngineCollector(Collector):
         inst_fail = CounterMetricFamily("autoglm_upstream_failures",
                                         "Failures of the instance (connect, 5xx, broken stream).",
                                         labels=["model", "instance"])
+        prefix = _PrefixFamilies()
         for model, engine in self.engines.items():
             for key, value in engine.stats().items():
                 fams[key].add_metric([model], value)
+            prefix.add(model, engine)
             describe = getattr(engine, "describe", None)
             for inst in describe(with_url=False) if describe else []:
                 labels = [model, inst["name"]]
@@ -143,3 +145,38 @@ class _EngineCollector(Collector):
                 inst_fail.add_metric(labels, inst["failures_total"])
         yield from fams.values()
         yield from (inst_up, inst_busy, inst_recent, inst_req, inst_fail)
+        yield from prefix.families()
+
+
+class _PrefixFamilies:
+    """The embedded engine's prefix cache (``engine/llamacpp/prefix.py``), as the engine
+    last reported it: counters restart with the engine process."""
+
+    def __init__(self) -> None:
+        self.hits = CounterMetricFamily(
+            "autoglm_prefix_cache_hits", "Requests that reused a cached prompt prefix, by "
+            "where it was: slot (its own), copy (another slot's), store (host memory).",
+            labels=["model", "source"])
+        self.misses = CounterMetricFamily(
+            "autoglm_prefix_cache_misses", "Requests that found no cached prefix to reuse.",
+            labels=["model"])
+        self.reused = CounterMetricFamily(
+            "autoglm_prefix_cache_reused_tokens", "Prompt tokens served from cached prefixes "
+            "instead of being prefilled.", labels=["model"])
+        self.evictions = CounterMetricFamily(
+            "autoglm_prefix_cache_evictions", "Cached prefixes dropped for room (host store "
+            "full or off).", labels=["model"])
+
+    def add(self, model: str, engine: Any) -> None:
+        stats = getattr(engine, "prefix_stats", None)
+        found = stats() if stats is not None else None
+        if not found:
+            return
+        for source, n in (found.get("hits") or {}).items():
+            self.hits.add_metric([model, source], n)
+        self.misses.add_metric([model], found.get("misses", 0))
+        self.reused.add_metric([model], found.get("reused_tokens", 0))
+        self.evictions.add_metric([model], found.get("evictions", 0))
+
+    def families(self) -> Iterator[Metric]:
+        yield from (self.hits, self.misses, self.reused, self.evictions)

@@ -43,7 +43,7 @@ class Recording:
     def __init__(self, key: str) -> None:
         self.key = key
         self.choices: dict[int, list[Any]] = {}  # index -> [role, [texts], finish_reason]
-        self.usage: tuple[int, int] | None = None
+        self.usage: tuple[int, int, int | None] | None = None  # prompt, completion, cached
         self.plain = True  # False once an upstream sent more than text
 
     def add(self, ev: Event) -> None:
@@ -61,7 +61,7 @@ class Recording:
             if ev.finish_reason is not None:
                 choice[2] = ev.finish_reason
         elif isinstance(ev, Finished):
-            self.usage = (ev.prompt_tokens, ev.completion_tokens)
+            self.usage = (ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens)
 
     def _from_raw(self, raw: dict[str, Any]) -> str | None:
         """An upstream's chunk (``choices[0]``) or choice object: its role, and whether it
@@ -100,9 +100,11 @@ def decode(value: bytes) -> dict[str, Any] | None:
         entry = orjson.loads(value)
         if entry.get("v") != FORMAT:
             return None
-        prompt, completion = entry["usage"]
+        prompt, completion, *cached = entry["usage"]  # cached: absent in older entries
         choices = [(int(i), r, str(t), f) for i, r, t, f in entry["choices"]]
-        return {"usage": (int(prompt), int(completion)), "choices": choices}
+        known = cached[0] if cached else None
+        return {"usage": (int(prompt), int(completion), None if known is None else int(known)),
+                "choices": choices}
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
         return None
 
@@ -169,7 +171,7 @@ class Replay:
         return None
 
     async def generate(self, req: InferenceRequest) -> AsyncIterator[Event]:
-        prompt, completion = self.entry["usage"]
+        prompt, completion, cached = self.entry["usage"]
         yield Started(prompt)
         for index, role, text, finish in self.entry["choices"]:
             if role:
@@ -178,4 +180,4 @@ class Replay:
                 yield Delta(text, index)
             if finish is not None:
                 yield Delta("", index, finish)
-        yield Finished(prompt, completion)
+        yield Finished(prompt, completion, cached_tokens=cached)

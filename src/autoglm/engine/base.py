@@ -17,6 +17,8 @@ class GenerationRequest:
     prompt: str | None = None
     # {"tools": [OpenAI tools], "choice": "auto"|"required"|"none"|name, "parallel": bool}
     tools: dict[str, Any] | None = None
+    # whose request it is: the embedded engine reuses cached prompt prefixes per tenant
+    tenant: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -32,6 +34,8 @@ class GenerationRequest:
                 out["tools"] = self.tools
         else:
             out["prompt"] = self.prompt
+        if self.tenant is not None:
+            out["tenant"] = self.tenant
         return out
 
 
@@ -67,6 +71,8 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     raw: dict[str, Any] | None = None  # an upstream's usage chunk or usage object
+    # prompt tokens served from a cached prefix (the embedded engine); None: not known
+    cached_tokens: int | None = None
 
 
 Event = Started | Delta | Finished

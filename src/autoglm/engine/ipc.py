@@ -2,7 +2,8 @@
 
 Requests: ``{"op": "hello"}`` or ``{"op": "generate", "kind": "chat"|"completion", ...}``.
 Events: ``hello``, ``start`` (prompt_tokens), ``delta`` (text), ``done`` (finish_reason,
-token counts) and ``error`` (status, code, message, param).
+token counts, cached_tokens and the prefix-cache counters) and ``error`` (status, code,
+message, param). A ``generate`` request may carry ``tenant`` (the prefix cache's scope).
 """
 
 from __future__ import annotations

@@ -202,9 +202,15 @@ class OpenAIEncoder:
                 "choices": choices, "usage": usage(fin)}
 
 
-def usage(fin: Finished) -> dict[str, int]:
-    return {"prompt_tokens": fin.prompt_tokens, "completion_tokens": fin.completion_tokens,
-            "total_tokens": fin.prompt_tokens + fin.completion_tokens}
+def usage(fin: Finished) -> dict[str, Any]:
+    """OpenAI's usage object; ``cached_tokens``: prompt tokens a cached prefix served,
+    where the engine says (the embedded engine)."""
+    out: dict[str, Any] = {"prompt_tokens": fin.prompt_tokens,
+                           "completion_tokens": fin.completion_tokens,
+                           "total_tokens": fin.prompt_tokens + fin.completion_tokens}
+    if fin.cached_tokens is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": fin.cached_tokens}
+    return out
 
 
 def _put_text(choice: dict[str, Any], holder: str | None, text: str) -> None:

@@ -9,7 +9,9 @@ import os
 from typing import Any
 
 from autoglm.engine import ipc
+from autoglm.engine.llamacpp.budget import PrefillBudget
 from autoglm.engine.llamacpp.model import LlamaModel
+from autoglm.engine.llamacpp.prefix import PrefixCache
 from autoglm.engine.llamacpp.prompt import PromptBuilder, check_length
 from autoglm.engine.llamacpp.sampling import GrammarCache, Sampler, SamplingParams
 from autoglm.engine.llamacpp.scheduler import Job, Scheduler
@@ -28,14 +30,15 @@ log = logging.getLogger("autoglm.engine")
 
 class EngineServer:
     def __init__(self, model: LlamaModel, model_id: str, default_max_tokens: int,
-                 integrity: dict[str, Any] | None = None) -> None:
+                 integrity: dict[str, Any] | None = None, *, prefix: PrefixCache | None = None,
+                 budget: PrefillBudget | None = None) -> None:
         self.model = model
         self.integrity = integrity
         self.model_id = model_id
         self.default_max_tokens = default_max_tokens
         self.prompts = PromptBuilder(model)
         self.grammars = GrammarCache(model)
-        self.scheduler = Scheduler(model, self._emit)
+        self.scheduler = Scheduler(model, self._emit, prefix, budget)
         # No token is longer than this: text beyond ctx_per_slot times it cannot fit, and
         # is refused before any tokenizing.
         self.max_token_bytes = max(1, max(len(model.piece(t)) for t in range(model.n_vocab)))
@@ -57,6 +60,7 @@ class EngineServer:
             "n_ctx_train": self.model.n_ctx_train,
             "path": str(self.model.path),
             "integrity": self.integrity,
+            "prefix": self.scheduler.prefix.stats(),
         }
 
     def _bound(self, texts: list[Any], param: str) -> None:
@@ -91,7 +95,9 @@ class EngineServer:
         params = SamplingParams.from_dict(req.get("sampling") or {})
         stop = [s for s in (req.get("stop") or []) if isinstance(s, str)]
         sampler = Sampler(self.model, params, self.grammars)
-        return Job(prompt, max_tokens, sampler, TextStream(stop), sink)
+        tenant = req.get("tenant")
+        scope = self.scheduler.prefix.scope_of(tenant if isinstance(tenant, str) else None)
+        return Job(prompt, max_tokens, sampler, TextStream(stop), sink, scope)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -78,6 +78,13 @@ class LlamaModel:
         cparams.n_seq_max = config.slots
         cparams.n_threads = config.threads
         cparams.n_threads_batch = config.threads
+        # Flash attention off: on CPU it is no faster for these models, and its kernels
+        # round differently by how many prompt tokens a step holds, so a prompt whose
+        # prefix came from the cache could get another answer at temperature 0. Without
+        # it a token's values do not depend on the step's size, provided the sequence has
+        # at least two tokens in it (prefix.py keeps two to prefill; scheduler.py never
+        # feeds a prompt one token at a time).
+        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         ctx = llama_cpp.llama_init_from_model(model, cparams)
         if not ctx:
             llama_cpp.llama_model_free(model)
@@ -164,6 +171,34 @@ class LlamaModel:
 
     def clear_sequence(self, seq_id: int) -> None:
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
+
+    # --- sequences kept for prefix reuse (prefix.py) ------------------------------------
+    def trim_sequence(self, seq_id: int, keep: int) -> bool:
+        """Keep positions ``0..keep-1`` of the sequence; False if llama.cpp cannot."""
+        return bool(llama_cpp.llama_memory_seq_rm(self.memory, seq_id, keep, -1))
+
+    def copy_sequence(self, src: int, dst: int) -> None:
+        """``dst`` becomes a copy of ``src``. With one KV stream per sequence llama.cpp
+        copies the whole stream, and does it at the start of the next ``llama_decode``."""
+        llama_cpp.llama_memory_seq_rm(self.memory, dst, -1, -1)
+        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+
+    def save_sequence(self, seq_id: int) -> ctypes.Array | None:
+        """The sequence's KV state as bytes in host memory (None if llama.cpp fails)."""
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, seq_id)
+        if size <= 0:
+            return None
+        buf = (ctypes.c_uint8 * size)()
+        got = llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, seq_id)
+        return buf if got == size else None
+
+    def load_sequence(self, seq_id: int, data: ctypes.Array) -> bool:
+        """Replace the sequence with a state ``save_sequence`` returned."""
+        self.clear_sequence(seq_id)
+        if llama_cpp.llama_state_seq_set_data(self.ctx, data, len(data), seq_id) > 0:
+            return True
+        self.clear_sequence(seq_id)
+        return False
 
     def close(self) -> None:
         if self.ctx:

@@ -3,7 +3,13 @@
 The loop runs on its own thread inside the engine process (ctypes releases the GIL
 during ``llama_decode``). Each step puts one token per generating slot into the batch
 and fills the remaining room with prompt tokens of newly admitted slots (chunked
-prefill), decodes once, then samples each slot from its own logits row.
+prefill), decodes once, then samples each slot from its own logits row. While answers
+are being generated, long prompts get only the step's prefill budget (``budget.py``),
+so running streams keep their pace.
+
+A slot keeps its sequence's KV cache after its request ends; a new request is placed
+where the longest prefix of its prompt is already cached (``prefix.py``) and only the
+rest of its prompt is decoded.
 
 Events leave through one ``emit(outbox)`` call per step, ``outbox`` being a list of
 ``(sink, events)``: one wake-up of the event loop per step, however many slots are
@@ -16,12 +22,15 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from autoglm.engine.llamacpp.budget import BudgetConfig, PrefillBudget
 from autoglm.engine.llamacpp.model import Batch, LlamaModel
+from autoglm.engine.llamacpp.prefix import PrefixCache
 from autoglm.engine.llamacpp.sampling import Sampler
 from autoglm.engine.llamacpp.text import TextStream
 
@@ -39,7 +48,10 @@ class Job:
     sampler: Sampler
     text: TextStream
     sink: Any
+    scope: str = "t:"  # whose cached prefixes it may reuse (PrefixCache.scope_of)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    cached: int = 0  # prompt tokens whose KV cache was reused
+    order: int = 0  # arrival number: prompts are fed first come first served
 
 
 @dataclass(eq=False)
@@ -51,6 +63,12 @@ class _Slot:
     generated: int = 0
     last_token: int = -1
     logits_index: int = -1
+    tokens: list[int] = field(default_factory=list)  # reusable tokens of its KV cache
+    growing: bool = False  # what the running request decodes still extends ``tokens``
+    scope: str | None = None  # whose tokens they are
+    used_at: float = 0.0  # when its last request ended
+    pending_copy: bool = False  # gets another slot's KV at the next decode
+    copy_source: bool = False  # another slot gets its KV at the next decode
 
     @property
     def prefilling(self) -> bool:
@@ -58,10 +76,14 @@ class _Slot:
 
 
 class Scheduler:
-    def __init__(self, model: LlamaModel, emit: Emit) -> None:
+    def __init__(self, model: LlamaModel, emit: Emit, prefix: PrefixCache | None = None,
+                 budget: PrefillBudget | None = None) -> None:
         self.model = model
         self.emit = emit
         cfg = model.config
+        self.prefix = prefix or PrefixCache(model, "", enabled=False, store_mib=0,
+                                            scope="tenant")
+        self.budget = budget or PrefillBudget(BudgetConfig(cfg.n_batch))
         self.ctx_per_slot = cfg.ctx_per_slot
         self.n_batch = cfg.n_batch
         self.slots = [_Slot(seq_id=i) for i in range(cfg.slots)]
@@ -71,6 +93,7 @@ class Scheduler:
         # frees its slot only once the engine has seen the hang-up, and the gateway may
         # admit the next request before that. Such a job waits here, never refused.
         self.pending: deque[Job] = deque()
+        self._arrivals = 0
         self._thread = threading.Thread(target=self._run, name="decode-loop", daemon=True)
         self._stopping = False
         self.warmed = threading.Event()
@@ -120,16 +143,23 @@ class Scheduler:
             block = False
             if job is None:
                 return
+            self._arrivals += 1
+            job.order = self._arrivals
             self.pending.append(job)
 
     def _fill(self) -> None:
-        """Waiting jobs into free slots, first come first served."""
+        """Waiting jobs into free slots, first come first served, each where most of its
+        prompt is cached already."""
         while self.pending:
-            slot = next((s for s in self.slots if s.job is None), None)
-            if slot is None:
+            job = self.pending[0]
+            placed = self.prefix.place(job.prompt, job.scope, self.slots)
+            if placed is None:
                 return
-            job = self.pending.popleft()
-            slot.job, slot.fed, slot.pos, slot.generated = job, 0, 0, 0
+            self.pending.popleft()
+            slot, reused = placed
+            job.cached = reused
+            slot.job, slot.fed, slot.pos, slot.generated = job, reused, reused, 0
+            slot.scope, slot.growing = job.scope, True
 
     def _drop_cancelled(self) -> None:
         for slot in self.slots:
@@ -141,38 +171,69 @@ class Scheduler:
                 job.sampler.free()
 
     def _release(self, slot: _Slot) -> None:
+        """The request is over; its KV cache stays for the next one (unless disabled)."""
         if slot.job is not None:
             slot.job.sampler.free()
         slot.job = None
-        self.model.clear_sequence(slot.seq_id)
+        slot.used_at = time.monotonic()
+        if not self.prefix.enabled:
+            self.model.clear_sequence(slot.seq_id)
+            slot.tokens, slot.scope = [], None
 
     def _step(self) -> None:
         batch = self.batch
         batch.clear()
+        generating = 0
         for slot in self.slots:  # one token for every slot that is generating
             slot.logits_index = -1
             if slot.job is not None and not slot.prefilling:
                 slot.logits_index = batch.add(slot.last_token, slot.pos, slot.seq_id, True)
+                if slot.growing and self.prefix.reuse_answers:
+                    slot.tokens.append(slot.last_token)
+                else:
+                    slot.growing = False
                 slot.pos += 1
-        for slot in self.slots:  # then prompt chunks, as room allows
-            if not slot.prefilling or batch.n >= batch.capacity:
-                continue
+                generating += 1
+        budget = self.budget.tokens(generating)
+        prefilling = sorted((s for s in self.slots if s.prefilling),
+                            key=lambda s: s.job.order)  # type: ignore[union-attr]
+        for slot in prefilling:  # then prompt chunks: short prompts whole, long ones by budget
             prompt = slot.job.prompt  # type: ignore[union-attr]
-            take = min(len(prompt) - slot.fed, batch.capacity - batch.n)
+            rest = len(prompt) - slot.fed
+            short = self.budget.short(len(prompt) - slot.job.cached)  # type: ignore[union-attr]
+            if not short and budget <= 0:
+                continue
+            room = batch.capacity - batch.n
+            take = min(rest if short else budget, rest, room)
+            if rest - take == 1:  # never the last prompt token alone in a later step
+                take = take + 1 if take < room and (short or take < 2) else take - 1
+            if take <= 0:
+                continue
             for k in range(take):
                 last = slot.fed + k == len(prompt) - 1
                 idx = batch.add(prompt[slot.fed + k], slot.pos, slot.seq_id, last)
                 slot.pos += 1
                 if last:
                     slot.logits_index = idx
+            if slot.growing and take >= 2:  # a lone token is rounded otherwise (model.py)
+                slot.tokens.extend(prompt[slot.fed:slot.fed + take])
+            else:
+                slot.growing = False
             slot.fed += take
+            if not short:
+                budget -= take
+        t0 = time.perf_counter()
         rc = batch.decode(self.model)
+        self.budget.observe(generating, batch.n - generating, time.perf_counter() - t0)
+        for slot in self.slots:
+            slot.pending_copy = slot.copy_source = False
         outbox: list[tuple[Any, list[dict]]] = []
         if rc != 0:
             for slot in self.slots:
                 if slot.job is not None:
                     outbox.append((slot.job.sink, [_error(f"llama_decode failed ({rc})", 500)]))
                     self._release(slot)
+            self.prefix.forget(self.slots)
         else:
             for slot in self.slots:
                 if slot.job is not None and slot.logits_index >= 0:
@@ -209,6 +270,8 @@ class Scheduler:
                     "finish_reason": finish,
                     "prompt_tokens": len(job.prompt),
                     "completion_tokens": slot.generated,
+                    "cached_tokens": job.cached,
+                    "prefix": self.prefix.stats(),
                 }
             )
             self._release(slot)

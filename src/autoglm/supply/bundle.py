@@ -370,6 +370,9 @@ def _install_model(bundle: Path, registry: Registry, name: str, entry: dict[str,
     new = registry.register(name, final / rel, entry["manifest"],
                             source=entry.get("source") or "bundle",
                             revision=entry.get("revision"))
+    if entry.get("encryption"):  # an encrypted package: installed as the package it is
+        new.update({k: entry.get(k) for k in ("format", "quantization", "encryption")})
+        registry.save(new)
     sig = bundle / "models" / f"{name}.sig"
     if not sig.is_file():
         return new

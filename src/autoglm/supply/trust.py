@@ -118,6 +118,9 @@ def _from_registry(registry: Registry, path: Path, policy: str,
                     f"file was changed); run `autoglm model verify {entry['name']}`")
         f = listed[loaded_rel]
         state["load"] = {"sha256": f["sha256"], "bytes": f["size"]}
+        if f.get("plaintext"):  # an encrypted package: its plaintext is checked at load too
+            state["load"]["plain_sha256"] = f["plaintext"]["sha256"]
+            checks.append("encrypted: every chunk authenticated, plaintext sha256 at load")
         # The header's hash (checked first; the data then loads beside the whole hash) is
         # the manifest's word, which a signature does not cover: under `signed`, the whole
         # file is hashed before anything is parsed.

@@ -162,6 +162,25 @@ class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
 
+class RepoNotFoundError(NotFoundError):
+    """A repository the internal mirror does not publish (or not to this caller). ``hub_code``
+    is Hugging Face's name for the error, sent as ``X-Error-Code`` so hub clients raise
+    their own matching exception."""
+
+    code = "repo_not_found"
+    hub_code = "RepoNotFound"
+
+
+class RevisionNotFoundError(RepoNotFoundError):
+    code = "revision_not_found"
+    hub_code = "RevisionNotFound"
+
+
+class EntryNotFoundError(RepoNotFoundError):
+    code = "entry_not_found"
+    hub_code = "EntryNotFound"
+
+
 class MethodNotAllowedError(AutoGLMError):
     status = 405
     type = "invalid_request_error"

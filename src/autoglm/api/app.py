@@ -24,7 +24,7 @@ from autoglm.api import openapi
 from autoglm.api.errors import raise_routing_error
 from autoglm.api.metrics import Metrics
 from autoglm.api.middleware import GatewayMiddleware
-from autoglm.api.routes import ROUTES, RouteTable
+from autoglm.api.routes import RouteTable, routes_for
 from autoglm.audit import AuditLog, Record
 from autoglm.batch.system import BatchSystem
 from autoglm.cache import ResponseCache
@@ -44,6 +44,7 @@ from autoglm.state.locks import Locks
 from autoglm.state.redis import RedisLink
 from autoglm.store.db import Database, database_url
 from autoglm.store.directory import Directory
+from autoglm.supply.mirror import Catalog
 
 log = logging.getLogger("autoglm.app")
 
@@ -173,7 +174,8 @@ def create_app(
                   meter=meter, default_max_tokens=settings.default_max_tokens, cache=cache),
         extra_stages))
     batch = BatchSystem.build(settings, db, service, audit, auth, engine_map, link)
-    routes = [Route(r.path, r.endpoint, methods=[r.method]) for r in ROUTES]
+    table = routes_for(settings.mirror)
+    routes = [Route(r.path, r.endpoint, methods=[r.method]) for r in table]
     middleware = []
     if settings.cors_allow_origins:  # outermost, so preflights need no key
         middleware.append(Middleware(
@@ -181,7 +183,7 @@ def create_app(
             allow_methods=["GET", "POST"], allow_headers=["authorization", "content-type"],
         ))
     middleware.append(Middleware(GatewayMiddleware, auth=auth, metrics=metrics,
-                                 routes=RouteTable(ROUTES),
+                                 routes=RouteTable(table),
                                  max_body_bytes=settings.max_body_bytes,
                                  upload_max_bytes=settings.batch_file_max_bytes,
                                  tls=settings.tls_enabled, audit=audit))
@@ -206,5 +208,7 @@ def create_app(
     app.state.locks = locks
     app.state.directory = Directory(db, audit)
     app.state.batch = batch
-    app.state.openapi = openapi.build(ROUTES)
+    app.state.openapi = openapi.build(table)
+    if settings.mirror:  # the registry's verified models, over the Hugging Face API
+        app.state.mirror = Catalog(settings.data_dir)
     return app

@@ -39,6 +39,9 @@ def error_headers(exc: AutoGLMError) -> list[tuple[bytes, bytes]]:
     allow = getattr(exc, "allow", None)
     if allow:
         headers.append((b"allow", allow.encode("latin-1")))
+    hub_code = getattr(exc, "hub_code", None)  # the mirror's errors, as Hugging Face names them
+    if hub_code:
+        headers.append((b"x-error-code", hub_code.encode("latin-1")))
     return headers
 
 

@@ -24,6 +24,7 @@ from autoglm.api import (
     identity,
     inference,
     limits,
+    mirror,
     models,
     openapi,
     usage,
@@ -101,6 +102,26 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("GET", "/readyz", health.readyz, None),
     RouteSpec("GET", "/metrics", metrics_endpoint, None),
 )
+
+# The internal mirror (``mirror: true``): the Hugging Face HTTP API over the registry's
+# verified models, served only when the setting is on (``routes_for``).
+MIRROR_ROUTES: tuple[RouteSpec, ...] = (
+    RouteSpec("GET", "/api/models", mirror.list_repos, "model.pull"),
+    RouteSpec("GET", "/api/models/autoglm/{name}", mirror.repo_info, "model.pull"),
+    RouteSpec("GET", "/api/models/autoglm/{name}/revision/{revision}", mirror.repo_revision,
+              "model.pull"),
+    RouteSpec("GET", "/api/models/autoglm/{name}/tree/{revision}", mirror.repo_tree,
+              "model.pull"),
+    RouteSpec("GET", "/api/models/autoglm/{name}/tree/{revision}/{path:path}",
+              mirror.repo_tree_path, "model.pull"),
+    RouteSpec("GET", "/autoglm/{name}/resolve/{revision}/{path:path}", mirror.resolve_file,
+              "model.pull"),
+)
+
+
+def routes_for(mirror_on: bool) -> tuple[RouteSpec, ...]:
+    """The routes an app serves: every one of ``ROUTES``, and the mirror's when it is on."""
+    return ROUTES + MIRROR_ROUTES if mirror_on else ROUTES
 
 
 class RouteTable:

@@ -188,7 +188,8 @@ class PolicyStore:
                 log.exception("the policy reload could not be recorded")
 
 
-MODEL_ACTIONS = frozenset({"inference", "model.list"})  # bounded by the project's model list
+# bounded by the project's model list and the tenant's grant
+MODEL_ACTIONS = frozenset({"inference", "model.list", "model.pull"})
 
 
 def _scope_of(binding_tenant: str | None, binding_project: str | None) -> Scope:
@@ -226,3 +227,14 @@ def authorize(policy: Policy, identity: Any, action: str, resource: Resource) ->
         if policy.role_allows(b.role, action, scope):
             return True
     return False
+
+
+def may_ever(policy: Policy, identity: Any, action: str) -> bool:
+    """Whether ``identity`` holds ``action`` at all (some binding's role has it at the
+    binding's scope, and the key is not narrowed away from it): a caller without it is
+    refused (403); one that has it but not for a given resource is told "not found"."""
+    actions = getattr(identity, "actions", None)
+    if actions is not None and not any(fnmatch.fnmatchcase(action, a) for a in actions):
+        return False
+    return any(policy.role_allows(b.role, action, _scope_of(b.tenant_id, b.project_id))
+               for b in getattr(identity, "bindings", ()))

@@ -40,6 +40,7 @@ from autoglm.errors import (
 )
 from autoglm.state.locks import Locks
 from autoglm.supply import manifest as mf
+from autoglm.supply import mirror
 from autoglm.supply.hubs import RemoteFile, Snapshot, hub_for
 from autoglm.supply.registry import Registry
 from autoglm.supply.transfer import Backoff, fetch, git_blob_sha1
@@ -260,6 +261,7 @@ class Puller:
     def _finish(self, staging: Path, state_path: Path, state: dict[str, Any], snap: Snapshot,
                 name: str, source: str, unhashed: list[str]) -> dict[str, Any]:
         listed = state["done"]
+        published = mirror.take_published(staging, listed)  # an autoglm mirror's extras
         for path in mf.model_files(staging):  # leftovers of an older run are not the model
             if path.relative_to(staging).as_posix() not in listed:
                 path.unlink()
@@ -273,8 +275,9 @@ class Puller:
         self.store.mkdir(parents=True, exist_ok=True)
         final = self.store / name
         os.replace(staging, final)
-        entry = self.registry.register(name, final, manifest, source=source,
-                                       revision=snap.commit)
+        entry = self.registry.register(name, mirror.model_root(final, published, listed),
+                                       manifest, source=source, revision=snap.commit)
+        mirror.keep_signature(self.registry, name, published)
         state_path.unlink(missing_ok=True)
         return entry
 

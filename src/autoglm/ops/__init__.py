@@ -1,0 +1,1 @@
+"""Operating the platform: preflight checks (``autoglm doctor``)."""

@@ -309,6 +309,14 @@ class Settings(BaseSettings):
         default_factory=list, description="Public keys (PEM) whose model signatures are "
         "trusted when model_trust is 'signed'.",
     )
+    model_key_file: Path | None = Field(
+        None, description="X25519 private key (PEM) that decrypts encrypted model packages "
+        "(`autoglm model encrypt`); read by the engine process only.",
+    )
+    model_key: SecretStr | None = Field(
+        None, description="The same key in the environment (AUTOGLM_MODEL_KEY: the PEM, or "
+        "its 32 raw bytes in base64), when model_key_file is unset.",
+    )
     model_id: str | None = Field(
         None, description="Model id clients use. Unset: derived from the model file name."
     )
@@ -323,6 +331,11 @@ class Settings(BaseSettings):
     pull_timeout_s: float = Field(
         60.0, gt=0, description="`model pull`: connect and read timeout of each request.",
     )
+    mirror: bool = Field(
+        False, description="Internal mirror: publish the registry's verified models, with "
+        "their manifests and signatures, over the Hugging Face HTTP API (`model pull "
+        "--endpoint`, huggingface_hub), to keys allowed `model.pull`.",
+    )
     slots: int = Field(4, ge=1, le=64, description="Sequences the engine decodes together.")
     ctx_per_slot: int = Field(
         2048, ge=64, description="Context length (prompt + answer tokens) of each slot."
@@ -331,6 +344,42 @@ class Settings(BaseSettings):
         0, ge=0, description="CPU threads for llama.cpp decode; 0 means one per core."
     )
     n_batch: int = Field(512, ge=32, description="Most tokens fed to llama.cpp in one decode.")
+    prefix_cache: bool = Field(
+        True, description="Embedded engine: a request reuses the KV cache of the longest "
+        "cached prefix of its prompt (its slot's, another slot's, or the host store's) and "
+        "prefills only the rest.",
+    )
+    prefix_cache_mib: int = Field(
+        512, ge=0, description="Embedded engine: host memory (MiB) for saved sequence "
+        "states, least recently used out first; a slot's cached prefix is saved there when "
+        "the slot goes to another prompt. 0: only what the slots hold.",
+    )
+    prefix_cache_scope: Literal["tenant", "platform"] = Field(
+        "tenant", description="Embedded engine: who may reuse a cached prefix: requests of "
+        "the same tenant (the tenant is part of the cache key), or everyone (platform: for "
+        "public system prompts; one tenant could then time another's prompts).",
+    )
+    prefix_cache_reuse_answers: bool = Field(
+        False, description="Embedded engine: also reuse the KV cache of generated answer "
+        "tokens (a conversation's next turn skips the previous answer too, as llama.cpp's "
+        "server does). Faster follow-up turns, but an answer may then differ from the one "
+        "a full prefill gives at temperature 0 (llama.cpp rounds tokens decoded one at a "
+        "time differently); off: only prompt tokens are reused and answers are identical.",
+    )
+    prefill_budget_tokens: int = Field(
+        0, ge=0, description="Embedded engine: prompt tokens of long prompts per decode "
+        "step while answers are streaming; 0: sized from measured step times so that a "
+        "step takes at most prefill_stall_factor times a step without them.",
+    )
+    prefill_stall_factor: float = Field(
+        2.0, ge=1.0, description="Embedded engine (prefill_budget_tokens 0): how much "
+        "longer than a decode-only step a step with prompt tokens may take.",
+    )
+    prefill_short_tokens: int = Field(
+        64, ge=0, description="Embedded engine: a prompt with at most this many tokens to "
+        "prefill goes in one step, whatever the budget (requests arriving together get "
+        "their first tokens together).",
+    )
     max_queue: int = Field(
         64, ge=0, description="Requests allowed to wait for a slot; beyond it, 503."
     )

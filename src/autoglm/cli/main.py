@@ -14,7 +14,11 @@ from rich.table import Table
 
 from autoglm import __version__
 from autoglm.cli.audit import audit_app
+from autoglm.cli.backup import backup as backup_command
+from autoglm.cli.backup import restore as restore_command
 from autoglm.cli.bundle import bundle_app
+from autoglm.cli.compliance import compliance_app
+from autoglm.cli.doctor import doctor as doctor_command
 from autoglm.cli.identity import keys_app, principals_app, projects_app, tenants_app
 from autoglm.cli.model import model_app
 from autoglm.cli.output import err_console, fail
@@ -36,8 +40,12 @@ app.add_typer(model_app, name="model")
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(audit_app, name="audit")
 app.add_typer(privacy_app, name="privacy")
+app.add_typer(compliance_app, name="compliance")
 app.command("usage")(usage_command)
 app.command("worker")(worker_command)
+app.command("doctor")(doctor_command)
+app.command("backup")(backup_command)
+app.command("restore")(restore_command)
 
 ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="YAML settings file.", exists=False)
@@ -78,6 +86,9 @@ def serve(
     dangerously_disable_auth: Annotated[Optional[bool], typer.Option(
         "--dangerously-disable-auth", help="Serve WITHOUT API keys. Sandbox use only."
     )] = None,
+    mirror: Annotated[Optional[bool], typer.Option(
+        "--mirror", help="Also publish the registry's verified models over the Hugging Face "
+        "API (`model pull --endpoint`), to keys allowed model.pull.")] = None,
 ) -> None:
     """Serve the OpenAI-compatible API (embedded llama.cpp engine by default)."""
     try:
@@ -89,6 +100,7 @@ def serve(
             ctx_per_slot=ctx_per_slot, n_threads=n_threads, max_queue=max_queue,
             data_dir=data_dir, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
             log_level=log_level, dangerously_disable_auth=dangerously_disable_auth,
+            mirror=mirror,
         )
         run_server(settings)
     except AutoGLMError as exc:

@@ -9,6 +9,7 @@ the generation in the engine and frees the slot before its next decode step.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -33,6 +34,7 @@ from autoglm.pipeline.schemas import ChatCompletionRequest, CompletionRequest, p
 from autoglm.settings import Settings
 from autoglm.structured.constraints import ConstraintCache
 from autoglm.structured.tools import parse_tools
+from autoglm.supply.encryption import KEY_ENV
 
 
 class LlamaCppEngine:
@@ -59,8 +61,10 @@ class LlamaCppEngine:
             "--n-batch", str(settings.n_batch),
             "--n-threads", str(settings.n_threads),
             "--default-max-tokens", str(settings.default_max_tokens),
+            *self._prefix_args(settings),
             "--log-level", settings.log_level,
             *self._integrity_args(verification),
+            *self._key_args(settings),
         )
         self.supervisor: ProcessSupervisor | AttachedProcess
         if attached:
@@ -72,8 +76,25 @@ class LlamaCppEngine:
                 start_timeout_s=settings.engine_start_timeout_s,
                 backoff_min_s=settings.engine_restart_backoff_min_s,
                 backoff_max_s=settings.engine_restart_backoff_max_s,
+                env=self._key_env(settings),
             )
         self.last_hello: dict | None = None
+        self.prefix: dict | None = None  # the engine's prefix-cache counters, latest seen
+
+    @staticmethod
+    def _prefix_args(settings: Settings) -> list[str]:
+        return ["--prefix-cache", str(int(settings.prefix_cache)),
+                "--prefix-cache-mib", str(settings.prefix_cache_mib),
+                "--prefix-cache-scope", settings.prefix_cache_scope,
+                "--prefix-cache-reuse-answers", str(int(settings.prefix_cache_reuse_answers)),
+                "--prefill-budget-tokens", str(settings.prefill_budget_tokens),
+                "--prefill-stall-factor", str(settings.prefill_stall_factor),
+                "--prefill-short-tokens", str(settings.prefill_short_tokens)]
+
+    def prefix_stats(self) -> dict | None:
+        """The engine's prefix-cache counters (hits by source, misses, reused tokens,
+        evictions), as of its last answer or health probe; /metrics exports them."""
+        return self.prefix
 
     @staticmethod
     def _integrity_args(verification: dict | None) -> list[str]:
@@ -84,9 +105,26 @@ class LlamaCppEngine:
             return []
         args = ["--sha256", load["sha256"], "--size", str(load["bytes"])]
         header = load.get("header")
+        if load.get("plain_sha256"):  # an encrypted package: its plaintext's hash too
+            args += ["--plain-sha256", load["plain_sha256"]]
         if header:
             args += ["--header-bytes", str(header["bytes"]), "--header-sha256", header["sha256"]]
         return args
+
+    @staticmethod
+    def _key_args(settings: Settings) -> list[str]:
+        """Where the engine finds the key of an encrypted model package (never the key
+        itself on the command line: other users can read that)."""
+        key = settings.model_key_file
+        return ["--key-file", str(key.expanduser().absolute())] if key else []
+
+    @staticmethod
+    def _key_env(settings: Settings) -> dict[str, str] | None:
+        """The engine's environment: the gateway's, plus the model key when it was given
+        as a setting (the engine reads it, then drops it from its environment)."""
+        if settings.model_key_file is not None or settings.model_key is None:
+            return None
+        return {**os.environ, KEY_ENV: settings.model_key.get_secret_value()}
 
     def _record_integrity(self, hello: dict) -> None:
         """What the engine checked at its last load, and when: /readyz and /v1/models."""
@@ -148,6 +186,7 @@ class LlamaCppEngine:
         except (TimeoutError, OSError, ConnectionError, ValueError):
             return None
         self._record_integrity(self.last_hello)
+        self.prefix = self.last_hello.get("prefix") or self.prefix
         pid = self.last_hello.get("pid")
         return pid if isinstance(pid, int) else -1
 
@@ -242,7 +281,9 @@ class LlamaCppEngine:
                         yield Delta("", role="assistant")
                 elif ev == "done":
                     yield Delta("", finish_reason=msg["finish_reason"])
-                    yield Finished(msg["prompt_tokens"], msg["completion_tokens"])
+                    self.prefix = msg.get("prefix") or self.prefix
+                    yield Finished(msg["prompt_tokens"], msg["completion_tokens"],
+                                   cached_tokens=msg.get("cached_tokens", 0))
                     return
                 elif ev == "error":
                     raise error_from_wire(msg)

@@ -8,7 +8,9 @@ before the next decode step. A ``hello`` request answers with the engine's facts
 With ``--sha256`` (the trust policy vouched for the file's hash) the model file is opened
 and hashed first, on a thread that starts before llama.cpp and the engine's modules are
 imported, so the hash and the imports overlap; the weights are then loaded through that
-same open file (``supply/integrity.py``).
+same open file (``supply/integrity.py``). An encrypted model package is decrypted
+into memory only (a sealed memfd, ``supply/memload.py``) with the key from
+``--key-file`` or ``$AUTOGLM_MODEL_KEY``, and loaded from there.
 
 The process exits by itself when its parent (the gateway) goes away.
 """
@@ -38,6 +40,7 @@ async def _watch_parent(parent: int) -> None:
 
 async def serve(args: argparse.Namespace, hashing: StartedHash | None = None) -> None:
     from autoglm.engine import ipc
+    from autoglm.engine.llamacpp.budget import BudgetConfig, PrefillBudget
     from autoglm.engine.llamacpp.engine_server import EngineServer
     from autoglm.engine.llamacpp.model import (
         ContextConfig,
@@ -45,11 +48,18 @@ async def serve(args: argparse.Namespace, hashing: StartedHash | None = None) ->
         free_weights,
         load_weights,
     )
+    from autoglm.engine.llamacpp.prefix import PrefixCache, model_digest
 
     config = ContextConfig(args.slots, args.ctx_per_slot, args.n_batch, args.n_threads)
     path = Path(args.model_path)
     integrity = None
-    if hashing is not None:  # the trust policy asked: the loaded bytes are the hashed bytes
+    memfd = -1  # an encrypted model's plaintext, in memory only: open while it is loaded
+    if getattr(args, "encrypted", False):  # into a sealed memfd, checked, mapped by llama.cpp
+        weights, integrity, memfd = _load_encrypted(args, hashing, load_weights)
+        model = LlamaModel(path, config, weights=weights)
+        log.info("encrypted model decrypted in memory and loaded",
+                 extra={"model_id": args.model_id, **integrity})
+    elif hashing is not None:  # the trust policy asked: the loaded bytes are the hashed bytes
         weights, integrity = load_verified(
             hashing, args.sha256, args.size, lambda src: load_weights(src, mmap=False),
             free_weights, header=((args.header_bytes, args.header_sha256)
@@ -58,7 +68,13 @@ async def serve(args: argparse.Namespace, hashing: StartedHash | None = None) ->
         log.info("model verified at load", extra={"model_id": args.model_id, **integrity})
     else:
         model = LlamaModel(path, config)
-    server = EngineServer(model, args.model_id, args.default_max_tokens, integrity)
+    prefix = PrefixCache(model, model_digest(path, integrity), enabled=bool(args.prefix_cache),
+                         store_mib=args.prefix_cache_mib, scope=args.prefix_cache_scope,
+                         reuse_answers=bool(args.prefix_cache_reuse_answers))
+    budget = PrefillBudget(BudgetConfig(args.n_batch, args.prefill_budget_tokens,
+                                        args.prefill_stall_factor, args.prefill_short_tokens))
+    server = EngineServer(model, args.model_id, args.default_max_tokens, integrity,
+                          prefix=prefix, budget=budget)
     server.scheduler.start()
     # The decode thread warms the weights up first (on that thread: llama.cpp's CPU
     # thread pool runs 40% slower if another thread decoded first); ready comes after.
@@ -78,6 +94,23 @@ async def serve(args: argparse.Namespace, hashing: StartedHash | None = None) ->
     srv.close()
     server.scheduler.stop()
     sock.unlink(missing_ok=True)
+    if memfd >= 0:
+        os.close(memfd)
+
+
+def _load_encrypted(args: argparse.Namespace, hashing: StartedHash | None, load_weights):
+    from autoglm.errors import ConfigError
+    from autoglm.supply.encryption import KEY_ENV, model_key
+    from autoglm.supply.memload import load_encrypted
+
+    key = model_key(Path(args.key_file) if args.key_file else None)
+    os.environ.pop(KEY_ENV, None)
+    if key is None:
+        raise ConfigError(f"{args.model_path} is an encrypted model package: set "
+                          f"model_key_file or ${KEY_ENV} to a recipient's private key")
+    return load_encrypted(hashing or Path(args.model_path), key,
+                          lambda src: load_weights(src, mmap=True), sha256=args.sha256 or None,
+                          size=args.size, plain_sha256=args.plain_sha256 or None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,12 +129,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--header-sha256", default="",
                    help="the GGUF header's hash: checked first, then the data is loaded while "
                         "the whole file is still being hashed")
+    p.add_argument("--plain-sha256", default="",
+                   help="an encrypted package: refuse it unless its plaintext hashes to this")
+    p.add_argument("--key-file", default="", help="the key of an encrypted model package")
+    p.add_argument("--prefix-cache", type=int, default=1, help="1: reuse cached prefixes")
+    p.add_argument("--prefix-cache-mib", type=int, default=512)
+    p.add_argument("--prefix-cache-scope", choices=["tenant", "platform"], default="tenant")
+    p.add_argument("--prefix-cache-reuse-answers", type=int, default=0)
+    p.add_argument("--prefill-budget-tokens", type=int, default=0)
+    p.add_argument("--prefill-stall-factor", type=float, default=2.0)
+    p.add_argument("--prefill-short-tokens", type=int, default=64)
     p.add_argument("--parent-pid", type=int, default=os.getppid())
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     setup_logging(args.log_level, component="engine")
     try:
         hashing = StartedHash(Path(args.model_path)) if args.sha256 else None
+        from autoglm.supply.encryption import is_encrypted  # after the hash has started
+
+        args.encrypted = is_encrypted(Path(args.model_path))
         asyncio.run(serve(args, hashing))
     except AutoGLMError as exc:
         log.error("engine failed to start: %s", exc.message)

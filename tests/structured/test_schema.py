@@ -208,3 +208,29 @@ def test_fifty_fields_compile_quickly() -> None:
     schema["required"] = list(schema["properties"])[:25]
     built = ConstraintCache().get(schema, False, None)
     assert built is not None and "field_49" in built.grammar
+
+
+def test_a_template_with_a_tools_section_gets_the_tools_itself(model) -> None:
+    from autoglm.engine.llamacpp.prompt import PromptBuilder
+
+    native = ("{% if tools %}<|im_start|>system\nTOOLS:{% for t in tools %} "
+              "{{ t['function']['name'] }}{% endfor %}<|im_end|>\n{% endif %}"
+              "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+              "<|im_end|>\n{% endfor %}<|im_start|>assistant\n")
+    tools = parse_tools([{"type": "function", "function": {"name": "get_weather"}}], None, None)
+    messages = [{"role": "user", "content": "Weather?"}]
+
+    def text(builder: PromptBuilder, toolset) -> str:  # noqa: ANN001
+        return "".join(model.piece(t).decode("utf-8", "replace")
+                       for t in builder.chat(messages, toolset))
+
+    with_section = PromptBuilder(model, template=native)
+    assert with_section.native_tools
+    assert "TOOLS: get_weather" in text(with_section, tools)
+    assert "<tools>" not in text(with_section, tools)  # not the fallback
+    assert "TOOLS" not in text(with_section, parse_tools(
+        [{"type": "function", "function": {"name": "get_weather"}}], "none", None))
+    fallback = PromptBuilder(model)  # the bundled model's template has no tools section
+    assert not fallback.native_tools
+    shown = text(fallback, tools)
+    assert "<tools>" in shown and '"name": "get_weather"' in shown and "<tool_call>" in shown

@@ -87,6 +87,20 @@ class Engine:
         self.scheduler.submit(job)
         return res, job
 
+    def submit_together(self, prompts: list[list[int]], *, max_tokens: int = 12,
+                        tenant: str | None = "a") -> list[Result]:
+        """Jobs made first, then queued back to back: they arrive in the same instant (a
+        sampler takes long enough to make that the decode loop could start in between)."""
+        made = []
+        for prompt in prompts:
+            res = Result(time.perf_counter())
+            sampler = Sampler(self.model, SamplingParams.from_dict({"temperature": 0.0}))
+            made.append((res, Job(prompt, max_tokens, sampler, TextStream([]), res,
+                                  self.cache.scope_of(tenant))))
+        for _, job in made:
+            self.scheduler.submit(job)
+        return [res for res, _ in made]
+
     def run(self, prompt: list[int], **kw: Any) -> Result:
         res, _ = self.submit(prompt, **kw)
         if not res.done.wait(120):

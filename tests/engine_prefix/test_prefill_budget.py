@@ -21,8 +21,11 @@ def p95(values: list[float]) -> float:
 
 
 def test_a_running_stream_keeps_its_pace_while_a_long_prompt_arrives() -> None:
-    """Three rounds, each a quiet run then a run during which a 1,500-token prompt
-    arrives; the median of the rounds' p95 ratios is judged (the machine is shared).
+    """Seven rounds, each a quiet run then a run during which a 1,500-token prompt
+    arrives; the median of the rounds' p95 ratios is judged. On a 2-core machine one
+    prompt token of a long sequence costs nearly a decode step, so single rounds measure
+    1.3x to 2.0x and noise decides the odd one; with three rounds about one run in four
+    missed.
     Without the budget the prompt goes in 512-token steps: gaps of seconds."""
     engine = Engine(slots=2, ctx=2048, prefix=False)
     try:
@@ -30,7 +33,7 @@ def test_a_running_stream_keeps_its_pace_while_a_long_prompt_arrives() -> None:
         long_prompt = engine.tokens(text="The quick brown fox jumps over the lazy dog. " * 160)
         assert len(long_prompt) > 1500
         ratios = []
-        for _ in range(3):
+        for _ in range(7):
             quiet = engine.run(stream, max_tokens=50)
             assert len(quiet.token_times) > 40
             busy, _ = engine.submit(stream, max_tokens=50)
@@ -42,6 +45,7 @@ def test_a_running_stream_keeps_its_pace_while_a_long_prompt_arrives() -> None:
             job.cancelled.set()
             assert busy.text == quiet.text
             ratios.append(p95(busy.gaps()[5:]) / p95(quiet.gaps()[5:]))
+        print(f"p95 gap ratios while a long prompt arrives: {[round(r, 2) for r in ratios]}")
         assert statistics.median(ratios) <= 2.0, ratios
     finally:
         engine.close()
@@ -53,7 +57,7 @@ def test_requests_arriving_together_are_prefilled_together() -> None:
     try:
         prompts = [engine.tokens(text=f"Question {i}: name a colour of the rainbow.")
                    for i in range(8)]
-        got = [engine.submit(p, max_tokens=2)[0] for p in prompts]
+        got = engine.submit_together(prompts, max_tokens=2)
         wait_all(got)
         firsts = {r.token_times[0] for r in got}
         assert len(firsts) == 1  # every first token came from the same decode step

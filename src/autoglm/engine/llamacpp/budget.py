@@ -27,7 +27,7 @@ _FIRST_GUESS = 2  # tokens per step before any cost was measured
 class BudgetConfig:
     n_batch: int
     fixed: int = 0
-    stall_factor: float = 2.0
+    stall_factor: float = 1.5
     short: int = 64
 
 

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prefix-cache-scope", choices=["tenant", "platform"], default="tenant")
     p.add_argument("--prefix-cache-reuse-answers", type=int, default=0)
     p.add_argument("--prefill-budget-tokens", type=int, default=0)
-    p.add_argument("--prefill-stall-factor", type=float, default=2.0)
+    p.add_argument("--prefill-stall-factor", type=float, default=1.5)
     p.add_argument("--prefill-short-tokens", type=int, default=64)
     p.add_argument("--parent-pid", type=int, default=os.getppid())
     p.add_argument("--log-level", default="info")

@@ -207,7 +207,8 @@ def main() -> None:
             urls = {"mirror": (f"{server.base_url}/autoglm/{NAME}/resolve/main/{FILE}", key),
                     "nginx": (nginx.url, None)}
             curl(urls["mirror"][0], key, 1)  # warm: page cache, connections, imports
-            assert server.proc is not None
+            if server.proc is None:
+                raise RuntimeError("the mirror server is not running")
             pids = {"mirror": [server.proc.pid], "nginx": children(nginx.proc.pid)}
             result = {
                 "size_mib": round(size / 2**20), "rounds": args.rounds,

@@ -532,7 +532,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_open_door(self) -> Settings:
-        if self.dangerously_disable_auth and not _is_loopback(self.host):
+        if self.dangerously_disable_auth and not is_loopback(self.host):
             raise ValueError(
                 f"dangerously_disable_auth serves without keys, so it only binds to a loopback "
                 f"address (127.0.0.1, ::1, localhost), not {self.host}")
@@ -558,7 +558,8 @@ class Settings(BaseSettings):
         return out
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address."""
     if host == "localhost":
         return True
     try:

@@ -8,7 +8,6 @@ value instead of stopping the report: a report that cannot read something says s
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +23,7 @@ from autoglm.audit import checkpoints as cps
 from autoglm.audit.verify import public_key_of
 from autoglm.backup import log as backup_log
 from autoglm.errors import AutoGLMError
-from autoglm.settings import Settings
+from autoglm.settings import Settings, is_loopback
 from autoglm.store.db import Database, database_url
 from autoglm.store.models import (
     ApiKey,
@@ -76,27 +75,20 @@ def _days(then: datetime | None, now: datetime) -> float | None:
     return round((now - then).total_seconds() / 86400, 1)
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _installation(settings: Settings, url: str) -> dict[str, Any]:
     parsed = make_url(url)
     db: dict[str, Any] = {"kind": parsed.get_backend_name()}
     if db["kind"] == "postgresql":
         host = parsed.host or "localhost"
         db.update(host=host, local=host in ("localhost", "") or host.startswith("/")
-                  or _is_loopback(host), sslmode=parsed.query.get("sslmode"))
+                  or is_loopback(host), sslmode=parsed.query.get("sslmode"))
     return {"version": __version__, "data_dir": str(settings.data_dir),
             "config_file": str(settings.config_file) if settings.config_file else None,
             "database": db}
 
 
 def _network(settings: Settings) -> dict[str, Any]:
-    return {"host": settings.host, "loopback": _is_loopback(settings.host),
+    return {"host": settings.host, "loopback": is_loopback(settings.host),
             "port": settings.port, "grpc_port": settings.grpc_port,
             "ops_public": settings.ops_public, "cors_allow_origins": settings.cors_allow_origins,
             "auth_disabled": settings.dangerously_disable_auth,

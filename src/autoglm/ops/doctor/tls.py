@@ -4,7 +4,6 @@ loads them, and how many days the certificate has left."""
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import ssl
 import stat
 from pathlib import Path
@@ -14,17 +13,9 @@ from cryptography.hazmat.primitives import serialization
 
 from autoglm.ops.doctor.result import Result, failed, passed, skipped, warned
 from autoglm.ops.doctor.runner import Context
+from autoglm.settings import is_loopback
 
 WARN_DAYS = 14
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _spki(key: object) -> bytes:
@@ -35,7 +26,7 @@ def _spki(key: object) -> bytes:
 def certificate(ctx: Context, now: dt.datetime | None = None) -> list[Result]:
     s = ctx.settings
     if s.ssl_certfile is None or s.ssl_keyfile is None:
-        if _loopback(s.host):
+        if is_loopback(s.host):
             return [skipped("tls.certificate", f"TLS off; {s.host} is loopback only")]
         return [warned("tls.certificate", f"TLS off while listening on {s.host}: keys and "
                        "prompts cross the network in clear", "set ssl_certfile and "

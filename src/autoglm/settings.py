@@ -162,6 +162,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest accepted request body in bytes; more is a 413."
     )
+    forwarded_allow_ips: list[str] = Field(
+        default_factory=list, description="Proxies (addresses or networks, e.g. nginx's "
+        "127.0.0.1) whose X-Forwarded-For and X-Forwarded-Proto are believed: the client "
+        "address of audit records and of the failed-key limit is then the one they name. "
+        "Empty: those headers are ignored, whoever sends them.")
     ssl_certfile: Path | None = Field(None, description="PEM certificate; enables TLS with the key.")
     ssl_keyfile: Path | None = Field(None, description="PEM private key for --ssl-certfile.")
     tls_allow_1_2: bool = Field(
@@ -559,6 +564,17 @@ class Settings(BaseSettings):
 
 
 def is_loopback(host: str) -> bool:
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _check_proxies(cls, v: list[str]) -> list[str]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"forwarded_allow_ips: {item!r} is not an address or "
+                                 "network (a host name or '*' is not accepted)") from None
+        return v
+
     """``localhost`` or a loopback address."""
     if host == "localhost":
         return True

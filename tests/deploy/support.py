@@ -33,6 +33,7 @@ CLUSTER_VALUES: dict[str, Any] = {
     "postgresql": {"url": "postgresql+psycopg://autoglm:pw@pg.db.svc:5432/autoglm"},
     "redis": {"url": "redis://:pw@redis.db.svc:6379/0"},
     "settings": {"workers": 2, "slots": 4, "log_level": "info",
+                 "forwarded_allow_ips": ["10.42.0.0/16"],
                  "rate_limits": {"key": {"requests_per_minute": 600}}},
     "upstreams": [
         {"id": "smollm2-135m-instruct", "engine": "llamacpp"},

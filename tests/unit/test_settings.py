@@ -14,6 +14,19 @@ def test_defaults_are_safe(tmp_path, monkeypatch) -> None:
     assert s.port == 8080 and s.host == "127.0.0.1"
     assert not s.dangerously_disable_auth and not s.log_prompts
     assert s.cors_allow_origins == [] and not s.tls_allow_1_2
+    assert s.forwarded_allow_ips == []  # X-Forwarded-For believed from nobody
+
+
+def test_forwarded_allow_ips_takes_addresses_and_networks_only() -> None:
+    from autoglm.serving.server import uvicorn_config
+
+    s = load_settings(forwarded_allow_ips=["127.0.0.1", "10.0.0.0/8", "::1"])
+    cfg = uvicorn_config(s, object())
+    assert cfg.proxy_headers and cfg.forwarded_allow_ips == ["127.0.0.1", "10.0.0.0/8", "::1"]
+    assert not uvicorn_config(load_settings(), object()).proxy_headers
+    for bad in ("*", "nginx.internal", "10.0.0.0/33"):
+        with pytest.raises(ConfigError, match="forwarded_allow_ips"):
+            load_settings(forwarded_allow_ips=[bad])
 
 
 def test_precedence_flags_over_env_over_yaml(tmp_path: Path, monkeypatch) -> None:

@@ -20,8 +20,12 @@ def uvicorn_config(settings: Settings, app: Any, **bind: Any) -> uvicorn.Config:
     tls: dict[str, str] = {}
     if settings.tls_enabled:
         tls = {"ssl_certfile": str(settings.ssl_certfile), "ssl_keyfile": str(settings.ssl_keyfile)}
+    # X-Forwarded-* only from the proxies named; uvicorn alone would believe any process on
+    # the loopback interface.
+    proxies = list(settings.forwarded_allow_ips)
     config = uvicorn.Config(
         app, log_config=None, access_log=False, server_header=False,
+        proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None,
         timeout_graceful_shutdown=10,
         http=protocol_with_deadlines(settings.header_timeout_s, settings.body_timeout_s,
                                      settings.max_connections),

@@ -195,6 +195,22 @@ class LockBusyError(AutoGLMError):
     code = "operation_in_progress"
 
 
+class ChainConflictError(AutoGLMError):
+    """A record an edge node forwarded does not continue that node's chain at the centre."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "edge_chain_conflict"
+
+
+class CentreManagedError(AutoGLMError):
+    """On an edge node: tenants, projects, principals, keys and limits are the centre's."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "managed_by_centre"
+
+
 class PayloadTooLargeError(AutoGLMError):
     status = 413
     type = "invalid_request_error"
@@ -232,6 +248,12 @@ class ServiceUnavailableError(AutoGLMError):
 
 class OverloadedError(ServiceUnavailableError):
     code = "server_overloaded"
+
+
+class EdgeStaleError(ServiceUnavailableError):
+    """An edge node has not reached its centre for longer than it may serve on its copy."""
+
+    code = "edge_stale"
 
 
 class EngineUnavailableError(ServiceUnavailableError):

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -244,6 +246,10 @@ class Settings(BaseSettings):
         10_000, ge=1, le=10_000_000, description="Without redis_url: answers this process "
         "keeps at most (the least recently used go first). With redis_url the cache is in "
         "Redis, shared, bounded by Redis's maxmemory.")
+    response_cache_wait_s: float = Field(
+        30.0, ge=0, le=600, description="Identical cacheable requests that miss while one of "
+        "them runs the model wait for its answer (single-flight; with redis_url across "
+        "processes too) at most this long, then run the model themselves; 0: each runs.")
     response_cache_max_bytes: int = Field(
         64 * 1024 * 1024, ge=4096, le=1 << 40, description="Without redis_url: bytes of "
         "cached answers this process keeps at most; an answer over a sixteenth of it is not "
@@ -277,6 +283,54 @@ class Settings(BaseSettings):
         1.0, gt=0, le=3600, description="Identical refusals (same actor, key, client, action "
         "and status) within this many seconds are folded into one audit record with a count.")
 
+    # --- usage alerts (autoglm.alerts) -----------------------------------------------------
+    alerts_enabled: bool = Field(
+        True, description="Watch every key and tenant for usage anomalies (bursts, error and "
+        "refusal spikes, a key used from a new address) and tenants nearing their daily "
+        "token quota; alerts are audit records (alert.raised), metrics, and webhook POSTs "
+        "when alerts_webhook_url is set.")
+    alerts_bucket_s: float = Field(
+        60.0, gt=0, le=3600, description="Length of the buckets counts are judged in, in "
+        "seconds (shorter only for tests).")
+    alerts_window_s: float = Field(
+        3600.0, gt=0, le=86_400, description="Recent history each subject's baseline is "
+        "taken from (median and MAD of its buckets), in seconds.")
+    alerts_warmup_s: float = Field(
+        86_400.0, ge=0, le=30 * 86_400, description="No alert for a key or tenant until this "
+        "long after its first request (seconds): a day, so its daily pattern is known.")
+    alerts_cooldown_s: float = Field(
+        3600.0, gt=0, le=30 * 86_400, description="At most one alert per key or tenant and "
+        "signal in this many seconds.")
+    alerts_sensitivity: float = Field(
+        6.0, gt=0, le=100, description="k of the rule value >= max(level + k*spread, "
+        "ratio*peak, floor): spreads (1.4826 MAD) above the median a count must be.")
+    alerts_ratio: float = Field(
+        2.5, ge=1, le=1000, description="ratio of the rule: how many times its usual peak "
+        "(90th percentile of the window, or the busiest bucket of this hour on past days) a "
+        "count must be.")
+    alerts_min_count: int = Field(
+        20, ge=1, description="Floor of the rule for requests, errors, refusals and requests "
+        "from new addresses, per bucket.")
+    alerts_min_tokens: int = Field(
+        100_000, ge=1, description="Floor of the rule for tokens, per bucket.")
+    alerts_quota_thresholds: list[float] = Field(
+        default_factory=lambda: [0.8, 0.95], description="Shares of a tenant's "
+        "tokens_per_day whose passing alerts, once per day each. Empty: no quota alerts.")
+    alerts_webhook_url: SecretStr | None = Field(
+        None, description="URL every alert is POSTed to as signed JSON (see README, Usage "
+        "alerts); a secret, as some receivers put their token in it. Unset: no webhook.")
+    alerts_webhook_secret_file: Path | None = Field(
+        None, description="File holding the webhook's HMAC-SHA256 secret (at least 16 "
+        "bytes); required with alerts_webhook_url.")
+    alerts_webhook_retries: int = Field(
+        5, ge=0, le=20, description="Tries after the first when the webhook fails "
+        "(connection, timeout, 408, 429, 5xx), with doubling backoff.")
+    alerts_webhook_backoff_s: float = Field(
+        1.0, gt=0, le=60, description="The webhook's first retry delay; it doubles (at most "
+        "60 s).")
+    alerts_webhook_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="Timeout of one webhook POST.")
+
     # --- batch API (autoglm.batch) -----------------------------------------------------------
     batch_file_max_bytes: int = Field(
         100 * 1024 * 1024, ge=1024, le=1 << 34, description="Largest batch input file "
@@ -292,6 +346,11 @@ class Settings(BaseSettings):
     batch_poll_s: float = Field(
         1.0, gt=0, le=60, description="How often an idle batch worker looks for lines, and "
         "about how soon a cancel reaches the lines in flight.")
+    batch_file_sweep_s: float = Field(
+        300.0, gt=0, le=86_400, description="How often each process deletes expired files "
+        "(expires_after, output_expires_after), bytes under data_dir/files that no file "
+        "names (an hour old: a crash between writing and recording them) and half-written "
+        "files.")
 
     policy_file: Path | None = Field(
         None, description="Authorization policy (YAML, role x action x scope); reloaded when it "
@@ -341,6 +400,29 @@ class Settings(BaseSettings):
         "their manifests and signatures, over the Hugging Face HTTP API (`model pull "
         "--endpoint`, huggingface_hub), to keys allowed `model.pull`.",
     )
+    # --- edge node (autoglm.edge) --------------------------------------------------------
+    centre_url: str | None = Field(
+        None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$", description="Makes this an edge "
+        "node of the centre at this URL: it serves from a copy of the centre's tenants, keys "
+        "and limits, synced every edge_sync_s, and forwards its audit records there. "
+        "Tenants, projects, principals, keys and limits are then managed at the centre.")
+    centre_key: SecretStr | None = Field(
+        None, description="The edge's key at the centre (a platform key narrowed to "
+        "edge.sync, and model.pull for the mirror); required with centre_url.")
+    centre_ca_file: Path | None = Field(
+        None, description="PEM bundle of the CAs the centre's TLS certificate is checked "
+        "against. Unset: the system's.")
+    edge_node: str = Field(
+        default_factory=lambda: socket.gethostname()[:64] or "edge",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="This edge node's name "
+        "at the centre (its forwarded audit chain is kept under it). Unset: the host name.")
+    edge_sync_s: float = Field(
+        10.0, gt=0, le=3600, description="How often an edge node syncs with its centre and "
+        "forwards its audit records, in seconds.")
+    edge_max_staleness_s: float = Field(
+        86_400.0, gt=0, le=30 * 86_400, description="How long after its last sync with the "
+        "centre an edge node still serves tenant keys from its copy (a revocation made at "
+        "the centre meanwhile is not known); then 503 edge_stale until the centre answers.")
     slots: int = Field(4, ge=1, le=64, description="Sequences the engine decodes together.")
     ctx_per_slot: int = Field(
         2048, ge=64, description="Context length (prompt + answer tokens) of each slot."
@@ -507,6 +589,27 @@ class Settings(BaseSettings):
                 f"random secret of at least {MIN_ADMIN_KEY_CHARS} characters")
         return value
 
+    @model_validator(mode="after")
+    def _check_edge(self) -> Settings:
+        if self.centre_url is not None and self.centre_key is None:
+            raise ValueError("centre_url needs centre_key: the edge's key at the centre")
+        if self.centre_url is not None and self.centre_url.startswith("http://") and \
+                not is_loopback(urlsplit(self.centre_url).hostname or ""):
+            raise ValueError("centre_url must be https:// (http:// only on loopback): the "
+                             "snapshot holds key hashes and the records personal data")
+        return self
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _check_proxies(cls, v: list[str]) -> list[str]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"forwarded_allow_ips: {item!r} is not an address or "
+                                 "network (a host name or '*' is not accepted)") from None
+        return v
+
     @field_validator("cors_allow_origins")
     @classmethod
     def _no_wildcard_origin(cls, value: list[str]) -> list[str]:
@@ -533,6 +636,30 @@ class Settings(BaseSettings):
             raise ValueError("engine_restart_backoff_max_s is below engine_restart_backoff_min_s")
         if self.grpc_port and self.grpc_port == self.port:
             raise ValueError("grpc_port must differ from port")
+        return self
+
+    @field_validator("alerts_quota_thresholds")
+    @classmethod
+    def _shares(cls, value: list[float]) -> list[float]:
+        if any(not 0 < v <= 1 for v in value):
+            raise ValueError("each threshold is a share of the quota, above 0 and at most 1")
+        return sorted(set(value))
+
+    @field_validator("alerts_webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("http://",
+                                                                          "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @model_validator(mode="after")
+    def _check_alerts(self) -> Settings:
+        if self.alerts_webhook_url and self.alerts_webhook_secret_file is None:
+            raise ValueError("alerts_webhook_url needs alerts_webhook_secret_file: every "
+                             "alert is signed")
+        if self.alerts_window_s < 2 * self.alerts_bucket_s:
+            raise ValueError("alerts_window_s must hold at least two alerts_bucket_s")
         return self
 
     @model_validator(mode="after")
@@ -564,17 +691,6 @@ class Settings(BaseSettings):
 
 
 def is_loopback(host: str) -> bool:
-    @field_validator("forwarded_allow_ips")
-    @classmethod
-    def _check_proxies(cls, v: list[str]) -> list[str]:
-        for item in v:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ValueError(f"forwarded_allow_ips: {item!r} is not an address or "
-                                 "network (a host name or '*' is not accepted)") from None
-        return v
-
     """``localhost`` or a loopback address."""
     if host == "localhost":
         return True

@@ -199,11 +199,15 @@ EXPECTED = {
     "key.revoke": {"platform_admin", "tenant_admin"},
     "policy.read": {"platform_admin"}, "policy.validate": {"platform_admin"},
     "engine.read": {"platform_admin"}, "engine.write": {"platform_admin"},
+    # what a centre serves its edge nodes: platform keys only
+    "edge.sync": {"platform_admin"}, "edge.read": {"platform_admin"},
     # a project's limits (LIMITS below): its tenant's admins (a tenant's own: platform only)
     "limit.read": {"platform_admin", "tenant_admin"},
     "limit.write": {"platform_admin", "tenant_admin"},
     # a tenant admin reads their own tenant's audit records (named by ?tenant=, QUERY below)
     "audit.read": {"platform_admin", "tenant_admin"},
+    # usage alerts of their own tenant (named by ?tenant=, QUERY below)
+    "alert.read": {"platform_admin", "tenant_admin"},
     # usage of a project (named by ?project=): its members and guests read it too
     "usage.read": {"platform_admin", "tenant_admin", "member", "guest"},
     # /v1: using (and seeing) the project's model
@@ -220,7 +224,8 @@ EXPECTED = {
 
 
 # routes that name their tenant or project in the query, not the path: the matrix names it there
-QUERY = {"audit.read": "?tenant={tenant}", "usage.read": "?project={project}"}
+QUERY = {"audit.read": "?tenant={tenant}", "alert.read": "?tenant={tenant}",
+         "usage.read": "?project={project}"}
 
 
 BATCH_FILE = (b'{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":'
@@ -329,7 +334,7 @@ async def test_isolation_matrix(setup) -> None:
                        .replace("{tenant}", ids[t]).replace("{project}", ids[f"{t}/main"])
                        .replace("{principal}", prn["id"]).replace("{binding}", bnd["id"])
                        .replace("{key}", key["id"]).replace("{model}", MODEL)
-                       .replace("{name}", "embedded"))
+                       .replace("{name}", "embedded").replace("{node}", "edge-a"))
                 url += QUERY.get(action, "").format(tenant=ids[t], project=ids[f"{t}/main"])
                 body: dict = {}
                 if path.endswith(("/tenants", "/projects", "/principals")):

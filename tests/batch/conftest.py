@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from autoglm.store.db import Database
 from autoglm.store.models import Principal, Project, RoleBinding, Tenant
-from tests.conftest import MODEL, AppClient, make_settings, start_app
+from tests.conftest import MODEL, AppClient, make_settings, pg_database, start_app
 
 CHAT = "/v1/chat/completions"
 FINAL = ("completed", "failed", "expired", "cancelled")
@@ -73,10 +75,28 @@ def read_lines(raw: bytes) -> list[dict[str, Any]]:
     return [orjson.loads(x) for x in raw.splitlines() if x.strip()]
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated control-plane database of its own, on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        database = Database(f"sqlite:///{tmp_path / 'cp.db'}")
+        database.upgrade()
+        yield database
+        database.close()
+        return
+    with pg_database() as url:
+        database = Database(url)
+        try:
+            database.upgrade()
+            yield database
+        finally:
+            database.close()
+
+
 @pytest.fixture(scope="package")
 async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, Any]]:
     settings = make_settings(tmp_path_factory.mktemp("batch"), max_body_bytes=65_536,
-                             batch_poll_s=0.1, batch_concurrency=2)
+                             batch_poll_s=0.1, batch_concurrency=2, batch_file_sweep_s=0.2)
     async for client in start_app(settings):
         db, keys = client.app.state.db, client.app.state.auth.keys
         ids: dict[str, str] = {}

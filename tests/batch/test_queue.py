@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import func, select, update
 
 from autoglm.batch.batches import BatchStore, LineResult, LineWork
@@ -24,27 +22,9 @@ from autoglm.batch.worker import BatchWorker
 from autoglm.store.db import Database
 from autoglm.store.models import Batch, QueuedLine
 from tests.batch.conftest import CHAT, jsonl, line, read_lines
-from tests.conftest import pg_database
 
 LEASE_S = 30.0
 SCOPE = Scope("ten_a", "prj_a", "prn_a")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        database = Database(f"sqlite:///{tmp_path / 'cp.db'}")
-        database.upgrade()
-        yield database
-        database.close()
-        return
-    with pg_database() as url:
-        database = Database(url)
-        try:
-            database.upgrade()
-            yield database
-        finally:
-            database.close()
 
 
 class Clock:
@@ -90,7 +70,7 @@ def _worker(name: str, store: BatchStore, queue: DatabaseQueue, files: FileStore
 async def _batch(files: FileStore, store: BatchStore, queue: DatabaseQueue, n: int) -> str:
     f = files.upload(SCOPE, "in.jsonl", io.BytesIO(jsonl(*(line(f"c{i}") for i in range(n)))),
                      max_bytes=1 << 20, max_lines=100)
-    b = store.create(SCOPE, "key_a", f, CHAT, "24h", None)
+    b, _ = store.create(SCOPE, "key_a", f, CHAT, "24h", None)
     await queue.publish(b.id, b.total)
     await queue.publish(b.id, b.total)  # again, as after a crash between the steps: no-op
     store.started(b.id)

@@ -18,7 +18,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from autoglm.errors import NotFoundError, PermissionDeniedError
+from autoglm.errors import CentreManagedError, NotFoundError, PermissionDeniedError
 from autoglm.privacy import GuardPolicy, PiiGuard
 from autoglm.security.policy import Resource
 from autoglm.store.directory import Act, Directory
@@ -40,6 +40,21 @@ def ctx(request: Request) -> tuple[Any, Directory, Act]:
         identity.id, rc.request_id, getattr(identity, "key_id", None), rc.client)
 
 
+# On an edge node these come from the centre's snapshot (``edge.snapshot``): changing
+# them here would be undone at the next sync. Principals and keys without a tenant (the
+# node's own platform administrators) stay the node's.
+_CENTRE_ALWAYS = ("tenant.", "project.", "limit.")
+_CENTRE_IN_TENANTS = ("principal.", "binding.", "key.")
+_READS = (".read", ".list")
+
+
+def centre_managed(action: str, tenant_id: str | None) -> bool:
+    if action.endswith(_READS):
+        return False
+    return action.startswith(_CENTRE_ALWAYS) or (
+        tenant_id is not None and action.startswith(_CENTRE_IN_TENANTS))
+
+
 def check(request: Request, action: str, tenant_id: str | None,
           project_id: str | None = None, resource: str = "") -> None:
     identity, directory, act = ctx(request)
@@ -48,6 +63,10 @@ def check(request: Request, action: str, tenant_id: str | None,
             raise NotFoundError("not found")  # names nothing: no database, no audit row
     if request.app.state.authz.allows(identity, action,
                                       Resource(tenant_id=tenant_id, project_id=project_id)):
+        if request.app.state.edge is not None and centre_managed(action, tenant_id):
+            raise CentreManagedError(
+                f"this is an edge node of {request.app.state.edge.url}: tenants, projects, "
+                f"their principals and keys, and limits are managed there ({action})")
         return
     if tenant_id is None:
         status = 403  # a platform resource: nothing to hide

@@ -20,14 +20,18 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
+from autoglm.alerts import AlertMonitor
 from autoglm.api import openapi
 from autoglm.api.errors import raise_routing_error
 from autoglm.api.metrics import Metrics
 from autoglm.api.middleware import GatewayMiddleware
 from autoglm.api.routes import RouteTable, routes_for
 from autoglm.audit import AuditLog, Record
+from autoglm.audit.keys import AuditPaths, load_hmac_key
 from autoglm.batch.system import BatchSystem
 from autoglm.cache import ResponseCache
+from autoglm.edge.inbox import EdgeInbox
+from autoglm.edge.link import EdgeLink
 from autoglm.engine.base import Engine
 from autoglm.engine.factory import build_engines
 from autoglm.errors import AutoGLMError, ConfigError
@@ -78,13 +82,28 @@ def create_app(
     auth = bootstrap(settings, announce or _log_announce, db, generate=make_admin_key,
                      audit=audit)
     metrics = Metrics()
+    # An edge node serves from its centre's identities and forwards its records there; a
+    # centre keeps what its edge nodes forward (``autoglm.edge``).
+    edge = (EdgeLink(settings, db, auth.keys) if settings.centre_url is not None else None)
+    if edge is not None:
+        auth.gate = edge.gate
+    inbox = EdgeInbox(db, load_hmac_key(AuditPaths.under(settings.data_dir).hmac_key,
+                                        create=False))
     link = (RedisLink(settings.redis_url.get_secret_value(), prefix=settings.redis_prefix)
             if settings.redis_url is not None else None)  # state shared across processes
     locks = Locks.from_settings(settings)  # single-flight across processes (with Redis)
-    cache = ResponseCache.from_settings(settings, link, metrics)  # in Redis with redis_url
+    cache = ResponseCache.from_settings(settings, link, metrics, locks)  # Redis: redis_url
     meter = Meter(LimitBook({s: v.model_dump() for s, v in settings.rate_limits.items()}, db),
                   window_s=settings.rate_limit_window_s, link=link,
                   lease_fraction=settings.rate_limit_lease_fraction)
+    try:  # usage anomalies and quotas (``alerts``); the webhook's secret is read here
+        alerts = (AlertMonitor.from_settings(settings, db=db, audit=audit,
+                                             registry=metrics.registry, limits=meter.book,
+                                             link=link) if settings.alerts_enabled else None)
+    except ConfigError:
+        audit.close()
+        db.close()
+        raise
     # Unix socket paths are limited to ~100 bytes: keep them short, private and per-app.
     # The directory is made (0700, must not exist yet) and removed by the lifespan.
     run_dir = Path(tempfile.gettempdir()) / f"autoglm-{os.getpid()}-{secrets.token_hex(4)}"
@@ -122,7 +141,11 @@ def create_app(
                 Record(action="model.load", resource=model, model=model,
                        detail={"verification": e.model.verification or {}})
                 for model, e in engine_map.items()])
+            if edge is not None:  # syncs with the centre, forwards records, from now on
+                await edge.start()
             await meter.start()  # the limits admins set, and reconciling with Redis
+            if alerts is not None:  # judged once per bucket, sent from its own task
+                await alerts.start()
             if settings.grpc_port is not None:  # gRPC beside REST, over the same service
                 from autoglm.rpc.server import RpcServer  # grpc is loaded only when used
 
@@ -138,16 +161,24 @@ def create_app(
             gc.freeze()
             gc.set_threshold(10_000, 20, 20)
             batch.worker.start()  # lines run behind live traffic (``batch.worker``)
+            batch.sweeper.start()  # expired and orphan files (``batch.sweep``)
             yield
         finally:
             try:
                 await batch.worker.stop()  # first: its lines go back while engines still run
+                await batch.sweeper.stop()
                 if rpc is not None:  # in-flight calls finish (grace) while engines still run
                     await rpc.stop(grace=RPC_GRACE_S)
                 await asyncio.gather(*(e.close() for e in engine_map.values()),
                                      return_exceptions=True)
                 await meter.stop()
+                if edge is not None:
+                    await edge.stop()
+                if alerts is not None:
+                    await alerts.stop()
                 await cache.store.settled()  # answers being written to Redis land first
+                if cache.flights is not None:
+                    await cache.flights.settled()  # and the single-flight locks are freed
                 if link is not None:
                     await link.close()
                 locks.close()
@@ -171,7 +202,8 @@ def create_app(
                   log_prompts=settings.log_prompts,
                   guards=PiiGuards(settings.pii_actions, settings.pii_tenant_actions),
                   audit=audit, text_tenants=frozenset(settings.audit_text_tenants),
-                  meter=meter, default_max_tokens=settings.default_max_tokens, cache=cache),
+                  meter=meter, default_max_tokens=settings.default_max_tokens, cache=cache,
+                  alerts=alerts.feed if alerts is not None else None),
         extra_stages))
     batch = BatchSystem.build(settings, db, service, audit, auth, engine_map, link)
     table = routes_for(settings.mirror)
@@ -203,9 +235,12 @@ def create_app(
     app.state.db = db
     app.state.audit = audit
     app.state.meter = meter
+    app.state.alerts = alerts
     app.state.redis = link
     app.state.response_cache = cache
     app.state.locks = locks
+    app.state.edge = edge
+    app.state.edge_inbox = inbox
     app.state.directory = Directory(db, audit)
     app.state.batch = batch
     app.state.openapi = openapi.build(table)

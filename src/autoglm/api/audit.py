@@ -3,7 +3,8 @@
 Filters: ``since`` and ``until`` (RFC 3339 times with their offset; ``ts >= since``,
 ``ts < until``), ``tenant``, ``actor``, ``action``, ``decision``. Keyset pages by seq:
 ``limit`` (1-100, default 20) and ``after=<seq>``; answers carry ``has_more`` and
-``last_seq``. Each record comes whole, chain fields (``seq``, ``hash``, the sealed
+``last_seq``. ``order=desc`` pages from the newest record back (``after``: the
+``last_seq`` of the page before, the records below it). Each record comes whole, chain fields (``seq``, ``hash``, the sealed
 ``personal``) included, its time in the platform's one format; its personal fields
 (``client_addr``, ``purpose``, kept ``text``) are opened with its subject's key, or are
 null with ``erased: true`` once that subject was erased (``autoglm privacy erase``).
@@ -28,7 +29,7 @@ from autoglm.errors import InvalidRequestError
 from autoglm.security.policy import Resource
 from autoglm.timefmt import stamp
 
-PARAMS = (*FILTERS, "limit", "after")
+PARAMS = (*FILTERS, "limit", "after", "order")
 SEQ_MAX = 2**63 - 1  # a BIGINT
 
 # described in /openapi.json (``api/openapi.py``)
@@ -46,6 +47,9 @@ QUERY_PARAMS: tuple[dict[str, Any], ...] = (
     {"name": "after", "in": "query", "required": False,
      "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1,
                 "description": "last_seq of the previous page"}},
+    {"name": "order", "in": "query", "required": False,
+     "schema": {"type": "string", "enum": ["asc", "desc"], "default": "asc",
+                "description": "desc: the newest records first"}},
 )
 
 
@@ -54,8 +58,8 @@ def _params(request: Request) -> dict[str, str]:
     for name, value in request.query_params.multi_items():
         if name not in PARAMS:
             raise InvalidRequestError(f"unknown parameter {name[:40]!r}; the audit log is "
-                                      f"filtered by {', '.join(FILTERS)} and paged by limit "
-                                      "and after", param=name[:40])
+                                      f"filtered by {', '.join(FILTERS)} and paged by limit, "
+                                      "after and order", param=name[:40])
         if name in out:
             raise InvalidRequestError(f"{name} is given twice", param=name)
         out[name] = value
@@ -85,6 +89,9 @@ def list_audit(request: Request, body: bytes) -> JSONResponse:
     params = _params(request)
     filters = Filters.parse(params)
     limit, after = _page_args(params)
+    order = params.get("order", "asc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequestError("order must be asc or desc", param="order")
     identity, _, _ = ctx(request)
     authz = request.app.state.authz
     if filters.tenant is not None:
@@ -95,7 +102,8 @@ def list_audit(request: Request, body: bytes) -> JSONResponse:
             check(request, "audit.read", None, resource="audit")  # refused, and audited
         filters = replace(filters, tenant=own)
     with request.app.state.db.engine.connect() as conn:
-        rows, more = page(conn, filters, limit=limit, after=after)
+        rows, more = page(conn, filters, limit=limit, after=after,
+                          newest_first=order == "desc")
         request.app.state.audit.vault.open_rows(rows, conn)
     return JSONResponse({"object": "list", "data": [_view(r) for r in rows], "has_more": more,
                          "last_seq": rows[-1]["seq"] if rows else None})

@@ -5,7 +5,9 @@ deleted afterwards), publishes them to the queue, and wakes this process's worke
 (``batch.worker``); the batch is ``in_progress`` when the answer comes. Lines run in
 the background under the creating key's identity (``batch.owner``), through every
 stage of the pipeline. Cancel stops the lines in flight at once in this process, within
-about ``batch_poll_s`` in the others.
+about ``batch_poll_s`` in the others. With ``output_expires_after`` (``{"anchor":
+"created_at", "seconds": N}``, an hour to 30 days) the batch's output and error files
+expire N seconds after they are made.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from autoglm.api.files import page
 from autoglm.api.tenancy import audited, new_scope, owned, visible
 from autoglm.batch import ids
 from autoglm.batch.batches import batch_object
+from autoglm.batch.files import EXPIRES_MAX_S, EXPIRES_MIN_S
 from autoglm.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
 from autoglm.pipeline.schemas import parse
 
@@ -35,15 +38,21 @@ MetaKey = Annotated[str, StringConstraints(max_length=64)]
 MetaValue = Annotated[str, StringConstraints(max_length=512)]
 
 
+class ExpiresAfter(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=EXPIRES_MIN_S, le=EXPIRES_MAX_S)
+
+
 class BatchIn(BaseModel):
-    """Unknown fields are ignored, as OpenAI does (``output_expires_after`` among them:
-    output files are kept until deleted)."""
+    """Unknown fields are ignored, as OpenAI does."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
     input_file_id: str = Field(min_length=1, max_length=64)
     endpoint: Literal["/v1/chat/completions", "/v1/completions"]
     completion_window: Literal["24h"]
     metadata: dict[MetaKey, MetaValue] | None = Field(None, max_length=16)
+    output_expires_after: ExpiresAfter | None = None
 
 
 async def create_batch(request: Request) -> JSONResponse:
@@ -52,7 +61,9 @@ async def create_batch(request: Request) -> JSONResponse:
     args: BatchIn = parse(BatchIn, data)
     system = request.app.state.batch
     await system.queue.ready()  # the queue away (Redis down): a 503, nothing accepted
-    row = await asyncio.to_thread(_create, request, args)
+    row, whole = await asyncio.to_thread(_create, request, args)
+    if not whole:  # cancelled while its lines were copied (or taken over): as it is
+        return JSONResponse(batch_object(row))
     try:
         await system.queue.publish(row.id, row.total)
     except ServiceUnavailableError:  # went away just now: the batch must never run
@@ -73,8 +84,10 @@ def _create(request: Request, args: BatchIn) -> Any:
         raise NotFoundError(f"No such file: {args.input_file_id[:64]}",
                             param="input_file_id") from None
     identity = request.scope["state"]["ctx"].identity
+    expires = args.output_expires_after
     return system.store.create(
         scope, identity.key_id, source, args.endpoint, args.completion_window, args.metadata,
+        output_expires_s=None if expires is None else expires.seconds,
         also=audited(request, "job.create", lambda b: {"input_file_id": b.input_file_id,
                                                        "lines": b.total}))
 

@@ -1,20 +1,24 @@
 """``/v1/files``: the OpenAI Files API, for batch input files and batch results.
 
-Upload is ``multipart/form-data`` with ``file`` and ``purpose`` (only ``batch``); the file
-is checked line by line as it is stored (``batch.lines``): a bad line is a 400 naming
-it. Lists are OpenAI's (``limit``, ``order``, ``after``, ``purpose``; newest first). Who
-may do what, and why another tenant's file is a 404: ``api/tenancy.py``.
+Upload is ``multipart/form-data`` with ``file`` and ``purpose`` (only ``batch``), and
+optionally ``expires_after[anchor]=created_at`` and ``expires_after[seconds]`` (an hour to
+30 days), as the openai SDK sends ``expires_after``; the file is then gone (a 404, and
+swept: ``batch.sweep``) from ``expires_at`` on. The file is checked line by line as it is
+stored (``batch.lines``): a bad line is a 400 naming it. Lists are OpenAI's (``limit``,
+``order``, ``after``, ``purpose``; newest first). Who may do what, and why another
+tenant's file is a 404: ``api/tenancy.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import AsyncIterator
 from typing import Any, BinaryIO
 
 from python_multipart.exceptions import MultipartParseError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -22,7 +26,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from autoglm.api.body import blocking
 from autoglm.api.tenancy import audited, new_scope, owned, visible
 from autoglm.batch import ids
-from autoglm.batch.files import file_object
+from autoglm.batch.files import expires_after, file_object
 from autoglm.batch.lines import CHUNK
 from autoglm.errors import InvalidRequestError
 
@@ -31,7 +35,9 @@ MAX_LIST = 10_000
 UPLOAD_SCHEMA = {"type": "object", "required": ["file", "purpose"], "properties": {
     "file": {"type": "string", "format": "binary",
              "description": "JSONL: one request per line (custom_id, method, url, body)"},
-    "purpose": {"type": "string", "enum": ["batch"]}}}
+    "purpose": {"type": "string", "enum": ["batch"]},
+    "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+    "expires_after[seconds]": {"type": "integer", "minimum": 3600, "maximum": 2592000}}}
 QUERY_PARAMS = (
     {"name": "limit", "in": "query", "required": False,
      "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST, "default": MAX_LIST}},
@@ -62,14 +68,30 @@ async def create_file(request: Request) -> JSONResponse:
         if not isinstance(upload, UploadFile):
             raise InvalidRequestError("send the file as the multipart field 'file'",
                                       param="file")
+        expires_s = _expires_after(form)
         row = await asyncio.to_thread(
             system.files.upload, scope, upload.filename, upload.file,
-            max_bytes=system.max_file_bytes, max_lines=system.max_lines,
+            max_bytes=system.max_file_bytes, max_lines=system.max_lines, expires_s=expires_s,
             also=audited(request, "file.create", lambda r: {"bytes": r.bytes,
                                                             "lines": r.lines}))
     finally:
         await form.close()
     return JSONResponse(file_object(row))
+
+
+def _expires_after(form: FormData) -> int | None:
+    """``expires_after[anchor]`` and ``expires_after[seconds]`` (the openai SDK's form of
+    the object), or none of them: the seconds, or None (kept until deleted)."""
+    anchor, seconds = form.get("expires_after[anchor]"), form.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        if form.get("expires_after") is not None:
+            raise InvalidRequestError("send expires_after as the fields expires_after[anchor] "
+                                      "and expires_after[seconds]", param="expires_after")
+        return None
+    if not isinstance(seconds, str) or re.fullmatch(r"[0-9]{1,9}", seconds) is None:
+        raise InvalidRequestError("expires_after.seconds must be an integer from 3600 (1 "
+                                  "hour) to 2592000 (30 days)", param="expires_after.seconds")
+    return expires_after(anchor, int(seconds), "expires_after")
 
 
 def _list_args(request: Request) -> tuple[int, str | None, bool, str | None]:

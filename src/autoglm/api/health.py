@@ -59,6 +59,11 @@ async def readyz(request: Request) -> JSONResponse:
                            **({"reason": redis.reason} if redis.down else {})}
         if ready and redis.down:
             body["status"] = "degraded"
+    edge = request.app.state.edge
+    if edge is not None:  # an edge node: its link to the centre, and how old its copy is
+        checks["edge"] = edge.status()
+        if ready and (not edge.reachable or edge.stale()):
+            body["status"] = "degraded"
     if await may_see_operations(request):
         body["checks"] = checks
     return JSONResponse(

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from autoglm import __version__
-from autoglm.api import audit, batches, files, identity, limits, usage
+from autoglm.api import alerts, audit, batches, files, identity, limits, usage
 from autoglm.api.openapi_links import links, success_status
 from autoglm.pipeline.schemas import ChatCompletionRequest, CompletionRequest
 from autoglm.settings import InstanceSpec
@@ -46,7 +46,8 @@ PAGE_PARAMS = (
 QUERY: dict[str, tuple[dict[str, Any], ...]] = {"list_audit": audit.QUERY_PARAMS,
                                                  "get_usage": usage.QUERY_PARAMS,
                                                  "list_files": files.QUERY_PARAMS,
-                                                 "list_batches": batches.QUERY_PARAMS}
+                                                 "list_batches": batches.QUERY_PARAMS,
+                                                 "list_alerts": alerts.QUERY_PARAMS}
 
 DESCRIBED = {"200": "OK", "201": "Created"}
 

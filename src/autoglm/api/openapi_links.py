@@ -49,6 +49,7 @@ PRODUCERS: Mapping[str, Producer] = {
     "list_files": Producer("200", {"file_id": FIRST}),
     "list_batches": Producer("200", {"batch_id": FIRST}),
     "list_engines": Producer("200", {"model": "$response.body#/data/0/model"}),
+    "list_nodes": Producer("200", {"node": "$response.body#/data/0/node"}),  # edge nodes
 }
 
 

@@ -17,8 +17,10 @@ from starlette.routing import compile_path
 
 from autoglm.api import (
     admin,
+    alerts,
     audit,
     batches,
+    edge,
     files,
     health,
     identity,
@@ -97,6 +99,11 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("GET", "/admin/v1/limits/{scope}/{id}", limits.get_limits, "limit.read"),
     RouteSpec("PUT", "/admin/v1/limits/{scope}/{id}", limits.set_limits, "limit.write"),
     RouteSpec("GET", "/admin/v1/audit", audit.list_audit, "audit.read"),
+    RouteSpec("GET", "/admin/v1/alerts", alerts.list_alerts, "alert.read"),
+    RouteSpec("GET", "/admin/v1/edge/snapshot", edge.get_snapshot, "edge.sync"),
+    RouteSpec("GET", "/admin/v1/edge/nodes", edge.list_nodes, "edge.read"),
+    RouteSpec("GET", "/admin/v1/edge/nodes/{node}", edge.get_node, "edge.sync"),
+    RouteSpec("POST", "/admin/v1/edge/nodes/{node}/audit", edge.forward_audit, "edge.sync"),
     RouteSpec("GET", "/openapi.json", openapi.openapi, None),
     RouteSpec("GET", "/healthz", health.healthz, None),
     RouteSpec("GET", "/readyz", health.readyz, None),

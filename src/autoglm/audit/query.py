@@ -132,18 +132,20 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC) if value is not None else None
 
 
-def page(conn: Connection, filters: Filters, *, limit: int,
-         after: int | None) -> tuple[list[dict[str, Any]], bool]:
-    """Up to ``limit`` records past seq ``after`` matching ``filters``, in seq order, and
-    whether there are more."""
+def page(conn: Connection, filters: Filters, *, limit: int, after: int | None,
+         newest_first: bool = False) -> tuple[list[dict[str, Any]], bool]:
+    """Up to ``limit`` records past seq ``after`` matching ``filters``, in seq order (or,
+    ``newest_first``, in reverse order, ``after`` then being the lowest seq of the page
+    before), and whether there are more."""
     # past ``after`` of an earlier page the low bound is already behind us
-    bounds = window(conn, filters, need_low=after is None)
+    bounds = window(conn, filters, need_low=after is None or newest_first)
     if bounds is None:
         return [], False
     low, high = bounds
-    q = filters.where(select(T)).order_by(T.c.seq).limit(limit + 1)
+    order = T.c.seq.desc() if newest_first else T.c.seq
+    q = filters.where(select(T)).order_by(order).limit(limit + 1)
     if after is not None:
-        q = q.where(T.c.seq > after)
+        q = q.where(T.c.seq < after if newest_first else T.c.seq > after)
     if low is not None:
         q = q.where(T.c.seq >= low)
     if high is not None:

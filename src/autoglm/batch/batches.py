@@ -1,18 +1,21 @@
 """Batches, their lines and results: the ``batches`` and ``batch_lines`` tables.
 
-A batch is created in one transaction with every line of its input file (so it runs
-even if that file is deleted later), as ``validating``; once its lines are published to
-the queue it is ``in_progress``. A line's result is its output line, written once
+A batch is created as ``validating``, then every line of its input file is copied into
+the database (so it runs even if that file is deleted later), a chunk per transaction
+(``intake``; resumed after a crash); once its lines are all in and published to the queue
+it is ``in_progress``. A line's result is its output line, written once
 (``record``): a second result for the same (batch, index), from a line delivered twice,
 changes nothing, so counts and output never count a line twice. ``request_counts`` and
 token usage move in the same transaction as each result, so they are always live.
 
 Statuses, as OpenAI's: validating -> in_progress -> finalizing -> completed | expired;
-validating | in_progress -> cancelling -> cancelled (``finalize`` writes the files).
+validating | in_progress -> cancelling -> cancelled (``finalize`` writes the files);
+validating -> failed when its lines cannot all be copied (``intake``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,12 +23,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from autoglm.batch import ids
 from autoglm.batch.files import FileStore, unix
-from autoglm.batch.lines import requests
+from autoglm.batch.intake import FAILED, INSERT_ROWS, Intake
 from autoglm.batch.scope import Scope, Visible
 from autoglm.errors import InvalidRequestError, NotFoundError
 from autoglm.store.db import Database
@@ -35,7 +38,6 @@ TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 RUNNABLE = frozenset({"validating", "in_progress"})  # its lines may run
 UNSETTLED = ("validating", "in_progress", "cancelling", "finalizing")
 WINDOWS = {"24h": timedelta(hours=24)}
-INSERT_ROWS = 1000
 InTransaction = Callable[[Session, Batch], None]
 
 
@@ -108,57 +110,77 @@ def batch_object(b: Batch) -> dict[str, Any]:
     }
 
 
+def _check(source: StoredFile, endpoint: str) -> None:
+    if source.purpose != "batch":
+        raise InvalidRequestError("the input file must be uploaded with purpose 'batch'",
+                                  param="input_file_id")
+    if source.endpoint != endpoint:
+        raise InvalidRequestError(
+            f"the input file's requests are for {source.endpoint}, not {endpoint}",
+            param="endpoint")
+
+
 class BatchStore:
-    def __init__(self, db: Database, files: FileStore) -> None:
+    def __init__(self, db: Database, files: FileStore, *, lease_s: float = 60.0,
+                 intake_rows: int = INSERT_ROWS) -> None:
         self.db = db
         self.files = files  # where input files are read
+        self.intake = Intake(db, files, lease_s, intake_rows)
 
     # --- writes -----------------------------------------------------------------------------
     def create(self, scope: Scope, key_id: str, source: StoredFile, endpoint: str, window: str,
-               metadata: dict[str, str] | None, also: InTransaction | None = None) -> Batch:
-        """The batch and all its lines, as ``validating`` (the worker publishes them)."""
-        if source.purpose != "batch":
-            raise InvalidRequestError("the input file must be uploaded with purpose 'batch'",
-                                      param="input_file_id")
-        if source.endpoint != endpoint:
-            raise InvalidRequestError(
-                f"the input file's requests are for {source.endpoint}, not {endpoint}",
-                param="endpoint")
-        now = utcnow()
+               metadata: dict[str, str] | None, output_expires_s: int | None = None,
+               also: InTransaction | None = None) -> tuple[Batch, bool]:
+        """The batch (``add``), then all its lines (``intake``): the batch as it is now,
+        and whether every line is in (False: it was cancelled meanwhile, or its copy was
+        taken over; either way its caller must not publish it)."""
+        _check(source, endpoint)
+        try:
+            lines = self.files.open(source.id)  # held open: a delete meanwhile cuts nothing
+        except NotFoundError:
+            raise NotFoundError("No such file.", param="input_file_id") from None
+        with lines:
+            b, until = self.add(scope, key_id, source, endpoint, window, metadata,
+                                output_expires_s, also)
+            try:
+                copied = self.intake.copy(b.id, until, lines)
+            except Exception:
+                with contextlib.suppress(Exception):  # else resumed once its lease ends
+                    self.intake.fail(b.id, *FAILED)
+                raise
+        made = self.get(b.id)
+        if made is None:
+            raise NotFoundError("No such batch.")
+        return made, copied is not None
+
+    def add(self, scope: Scope, key_id: str, source: StoredFile, endpoint: str, window: str,
+            metadata: dict[str, str] | None, output_expires_s: int | None = None,
+            also: InTransaction | None = None) -> tuple[Batch, float]:
+        """The batch alone, ``validating``, under the intake's lease: it and the lease's end
+        (the token ``intake.copy`` needs)."""
+        _check(source, endpoint)
+        now, until = utcnow(), self.intake.lease_end()
         b = Batch(id=ids.new_id(ids.BATCH), tenant_id=scope.tenant_id,
                   project_id=scope.project_id, principal_id=scope.principal_id, key_id=key_id,
                   endpoint=endpoint, input_file_id=source.id, completion_window=window,
                   model=source.model, status="validating", meta=metadata, total=source.lines,
                   completed=0, failed=0, input_tokens=0, output_tokens=0, created_at=now,
-                  expires_at=now + WINDOWS[window])
-        try:
-            lines = self.files.open(source.id)  # held open: a delete meanwhile cuts nothing
-        except NotFoundError:
-            raise NotFoundError("No such file.", param="input_file_id") from None
-        with lines, self.db.session() as s, s.begin():
+                  expires_at=now + WINDOWS[window], finalize_until=until,
+                  output_expires_s=output_expires_s)
+        with self.db.session() as s, s.begin():
             s.add(b)
             s.flush()
-            rows: list[dict[str, Any]] = []
-            count = 0
-            for custom_id, body in requests(lines):
-                rows.append({"batch_id": b.id, "idx": count, "custom_id": custom_id,
-                             "body": body})
-                count += 1
-                if len(rows) >= INSERT_ROWS:
-                    s.execute(insert(BatchLine), rows)
-                    rows = []
-            if rows:
-                s.execute(insert(BatchLine), rows)
-            b.total = count
             if also is not None:
                 also(s, b)
-        return b
+        return b, until
 
     def started(self, batch_id: str) -> None:
-        """Its lines are published: in progress (if nobody cancelled it meanwhile)."""
+        """Its lines are published: in progress (if nobody cancelled it meanwhile), and the
+        intake's lease ends."""
         with self.db.session() as s, s.begin():
             s.execute(update(Batch).where(Batch.id == batch_id, Batch.status == "validating")
-                      .values(status="in_progress", in_progress_at=utcnow()))
+                      .values(status="in_progress", in_progress_at=utcnow(),
+                              finalize_until=None))
 
     def cancel(self, batch_id: str, also: InTransaction | None = None) -> Batch:
         """validating | in_progress -> cancelling; already cancelling or cancelled: as is."""
@@ -172,6 +194,8 @@ class BatchStore:
                 raise InvalidRequestError(
                     f"a batch that is {b.status} cannot be cancelled", param="batch_id",
                     code="batch_not_cancellable")
+            if b.status == "validating":
+                b.finalize_until = None  # its intake stops at its next chunk
             b.status, b.cancelling_at = "cancelling", utcnow()
             s.flush()
             if also is not None:

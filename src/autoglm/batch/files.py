@@ -6,7 +6,13 @@ counted against the size limit, then renamed: a file either is whole and checked
 not there. The row is added after the rename, in one transaction with its audit record;
 if that fails the bytes are removed. Deleting removes the row first: at worst a crash
 leaves bytes nobody can name, never a row whose bytes are gone. ``.part`` files a crash
-left are removed at the next start, once an hour old.
+left, and bytes no row names, are removed by the sweeper (``sweep``) once an hour old.
+
+A file may expire (``expires_at``: ``expires_after`` at upload, or the batch's
+``output_expires_after`` for its results): from then on it is neither listed nor served
+(a 404, as if deleted) until the sweeper deletes its row and bytes. A row whose bytes are
+not on this server (lost, or written by a replica with its own data dir) is listed, and
+its content is a 404 that says so.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,13 +31,15 @@ from sqlalchemy.orm import Session
 from autoglm.batch import ids
 from autoglm.batch.lines import CHUNK, LineChecker
 from autoglm.batch.scope import Scope, Visible
-from autoglm.errors import FileTooLargeError, NotFoundError
+from autoglm.errors import FileTooLargeError, InvalidRequestError, NotFoundError
 from autoglm.store.db import Database
 from autoglm.store.models import StoredFile, utcnow
 
 InTransaction = Callable[[Session, StoredFile], None]  # e.g. the act's audit record
 MAX_FILENAME = 256
 STALE_PART_S = 3600.0
+EXPIRES_MIN_S = 3600  # OpenAI's bounds of expires_after.seconds: an hour to 30 days
+EXPIRES_MAX_S = 30 * 86_400
 
 
 def unix(value: datetime | None) -> int | None:
@@ -48,7 +56,28 @@ def file_object(row: StoredFile) -> dict[str, Any]:
     return {"id": row.id, "object": "file", "bytes": row.bytes,
             "created_at": unix(row.created_at), "filename": row.filename,
             "purpose": row.purpose, "status": "processed", "status_details": None,
-            "expires_at": None}
+            "expires_at": unix(row.expires_at)}
+
+
+def expires_after(anchor: object, seconds: object, param: str) -> int:
+    """``{"anchor": "created_at", "seconds": N}`` checked as OpenAI checks it: the seconds."""
+    if anchor != "created_at":
+        raise InvalidRequestError(f"{param}.anchor must be 'created_at'",
+                                  param=f"{param}.anchor")
+    if type(seconds) is not int or not EXPIRES_MIN_S <= seconds <= EXPIRES_MAX_S:
+        raise InvalidRequestError(
+            f"{param}.seconds must be an integer from {EXPIRES_MIN_S} (1 hour) to "
+            f"{EXPIRES_MAX_S} (30 days)", param=f"{param}.seconds")
+    return seconds
+
+
+def expired(row: StoredFile, now: datetime | None = None) -> bool:
+    when = row.expires_at
+    if when is None:
+        return False
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when <= (now or datetime.now(UTC))
 
 
 def clean_filename(name: str | None) -> str:
@@ -63,15 +92,17 @@ class FileStore:
         self.db = db
         self.root = root
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._sweep_parts()
+        self.sweep_parts()
 
-    def _sweep_parts(self) -> None:
+    def sweep_parts(self, older_than_s: float = STALE_PART_S) -> int:
         """Half-written files a crash left behind (not one being written now: too old)."""
-        now = time.time()
+        now, gone = time.time(), 0
         for part in self.root.glob("*.part"):
             with contextlib.suppress(FileNotFoundError):
-                if now - part.stat().st_mtime > STALE_PART_S:
+                if now - part.stat().st_mtime > older_than_s:
                     part.unlink()
+                    gone += 1
+        return gone
 
     def path(self, file_id: str) -> Path:
         if not ids.valid(ids.FILE, file_id):  # never a path from a caller's text
@@ -101,9 +132,10 @@ class FileStore:
         return size
 
     def upload(self, scope: Scope, filename: str | None, source: BinaryIO, *, max_bytes: int,
-               max_lines: int, also: InTransaction | None = None) -> StoredFile:
+               max_lines: int, expires_s: int | None = None,
+               also: InTransaction | None = None) -> StoredFile:
         """A batch input file, checked line by line while it is written (400 naming the
-        first bad line; 413 past ``max_bytes``)."""
+        first bad line; 413 past ``max_bytes``); gone ``expires_s`` after its creation."""
         checker = LineChecker(max_lines)
         file_id = ids.new_id(ids.FILE)
 
@@ -121,18 +153,21 @@ class FileStore:
         size = self.write(file_id, checked())
         try:
             summary = checker.close()
+            now = utcnow()
             row = StoredFile(id=file_id, tenant_id=scope.tenant_id, project_id=scope.project_id,
                              principal_id=scope.principal_id, purpose="batch",
                              filename=clean_filename(filename), bytes=size,
                              lines=summary.lines, endpoint=summary.endpoint,
-                             model=summary.model, created_at=utcnow())
+                             model=summary.model, created_at=now,
+                             expires_at=None if expires_s is None
+                             else now + timedelta(seconds=expires_s))
             with self.db.session() as s, s.begin():
                 s.add(row)
                 s.flush()
                 if also is not None:
                     also(s, row)
         except BaseException:
-            self._remove(file_id)
+            self.remove(file_id)
             raise
         return row
 
@@ -144,23 +179,27 @@ class FileStore:
             s.delete(row)
             if also is not None:
                 also(s, row)
-        self._remove(file_id)
+        self.remove(file_id)
         return row
 
-    def _remove(self, file_id: str) -> None:
+    def remove(self, file_id: str) -> None:
+        """The bytes, if they are here."""
         with contextlib.suppress(FileNotFoundError):
             self.path(file_id).unlink()
 
     # --- reads ------------------------------------------------------------------------------
     def get(self, file_id: str) -> StoredFile | None:
+        """The file, or None when there is none (or it expired)."""
         if not ids.valid(ids.FILE, file_id):
             return None
         with self.db.session() as s:
-            return s.get(StoredFile, file_id)
+            row = s.get(StoredFile, file_id)
+        return None if row is None or expired(row) else row
 
     def page(self, visible: Visible, *, limit: int, after: str | None, newest_first: bool,
              purpose: str | None) -> tuple[list[StoredFile], bool]:
-        q = visible.apply(select(StoredFile), StoredFile)
+        q = visible.apply(select(StoredFile), StoredFile).where(
+            StoredFile.expires_at.is_(None) | (StoredFile.expires_at > utcnow()))
         if purpose is not None:
             q = q.where(StoredFile.purpose == purpose)
         if after is not None:
@@ -175,4 +214,6 @@ class FileStore:
         try:
             return self.path(file_id).open("rb")
         except FileNotFoundError:
-            raise NotFoundError("No such file.") from None
+            raise NotFoundError("The file's content is not on this server (it was lost, or "
+                                "is in the data_dir of another replica).",
+                                code="file_content_missing") from None

@@ -1,7 +1,8 @@
 """The batch API's parts, built once per app from its settings and shared objects.
 
-``autoglm serve`` starts the worker in its lifespan and stops it first at shutdown,
-while the engines still run (its lines in flight go back to the queue).
+``autoglm serve`` (and ``autoglm worker``, the same app without listeners) starts the
+worker and the file sweeper in its lifespan and stops the worker first at shutdown, while
+the engines still run (its lines in flight go back to the queue).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from autoglm.batch.owner import Owners
 from autoglm.batch.queue import DatabaseQueue, JobQueue
 from autoglm.batch.redis_queue import RedisQueue
 from autoglm.batch.runner import LineRunner
+from autoglm.batch.sweep import FileSweeper
 from autoglm.batch.worker import BatchWorker
 from autoglm.pipeline.service import InferenceService
 from autoglm.security.auth import Authenticator
@@ -31,6 +33,7 @@ class BatchSystem:
     store: BatchStore
     queue: JobQueue
     worker: BatchWorker
+    sweeper: FileSweeper
     max_file_bytes: int
     max_lines: int
 
@@ -41,7 +44,7 @@ class BatchSystem:
         """With ``link`` (``redis_url``) lines are delivered through a Redis stream shared
         by every process and replica; without, through the database."""
         files = FileStore(db, settings.data_dir / "files")
-        store = BatchStore(db, files)
+        store = BatchStore(db, files, lease_s=settings.batch_lease_s)
         queue: JobQueue = (RedisQueue(link, settings.batch_lease_s) if link is not None
                            else DatabaseQueue(db, settings.batch_lease_s))
         worker = BatchWorker(
@@ -49,5 +52,6 @@ class BatchSystem:
             finalizer=Finalizer(db, files, settings.batch_lease_s), engines=engines,
             concurrency=settings.batch_concurrency, lease_s=settings.batch_lease_s,
             poll_s=settings.batch_poll_s)
-        return cls(files, store, queue, worker, settings.batch_file_max_bytes,
+        sweeper = FileSweeper(files, interval_s=settings.batch_file_sweep_s, audit=audit)
+        return cls(files, store, queue, worker, sweeper, settings.batch_file_max_bytes,
                    settings.batch_max_lines)

@@ -11,7 +11,8 @@ uses capacity nobody else wants.
 The worker also keeps its leases alive (every ``lease_s / 3``), stops the lines of a
 batch that was cancelled or expired (seen within ``poll_s``; the line is cancelled in the
 engine, its job acked, no result), and does the housekeeping any worker may do for any
-batch: finishing a publish a crash cut short, dropping the lines of cancelled and
+batch: finishing the intake (copying its lines, ``intake``) and the publish of a batch
+whose creator died before it was ``in_progress``, dropping the lines of cancelled and
 expired batches, and finalizing batches (``finalize``), taking over from a finalizer
 that died. A failure of one round (the database away for a moment) is logged and the
 next round tries again: the worker never stops on its own.
@@ -42,7 +43,6 @@ log = logging.getLogger("autoglm.batch")
 
 MAX_DELIVERIES = 3  # a line whose worker died this often fails instead of running again
 YIELD_S = 0.05  # how often a waiting line looks at its model's slots
-RECOVER_S = 60.0  # a batch still validating after this was cut short between its steps
 CRASHED = ("worker_failed",
            (f"The line was started {MAX_DELIVERIES} times and its worker stopped each time "
             "before it finished."))
@@ -247,9 +247,11 @@ class BatchWorker:
         for b in await asyncio.to_thread(self.store.unsettled):
             now = datetime.now(UTC)
             if b.status == "validating":
-                if (now - _aware(b.created_at)).total_seconds() > RECOVER_S:
-                    await self.queue.publish(b.id, b.total)
-                    await asyncio.to_thread(self.store.started, b.id)
+                if self.store.intake.stalled(b):  # its creator died (its lease ran out)
+                    total = await asyncio.to_thread(self.store.intake.resume, b.id)
+                    if total is not None:
+                        await self.queue.publish(b.id, total)
+                        await asyncio.to_thread(self.store.started, b.id)
             elif b.status == "in_progress" and b.completed + b.failed >= b.total:
                 await self._finalize(b.id)
             elif b.status == "cancelling" or (b.status == "in_progress"

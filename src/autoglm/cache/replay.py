@@ -38,10 +38,11 @@ _TEXT_FIELDS = frozenset({"role", "content"})
 class Recording:
     """The engine's answer of one miss, event by event; ``encode`` once it finished."""
 
-    __slots__ = ("key", "choices", "usage", "plain")
+    __slots__ = ("key", "choices", "usage", "plain", "lead")
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, lead: Any = None) -> None:
         self.key = key
+        self.lead = lead  # ``flight.Lead``: identical misses wait for this answer
         self.choices: dict[int, list[Any]] = {}  # index -> [role, [texts], finish_reason]
         self.usage: tuple[int, int, int | None] | None = None  # prompt, completion, cached
         self.plain = True  # False once an upstream sent more than text

@@ -66,10 +66,10 @@ class MemoryStore:
         self._entries.move_to_end(key)
         return found[1]
 
-    def put(self, key: str, value: bytes) -> None:
+    def put(self, key: str, value: bytes) -> asyncio.Task[None] | None:
         size = len(key) + len(value)
         if size > self.max_value:
-            return
+            return None
         if key in self._entries:
             self._drop(key)
         self._entries[key] = (self.clock() + self.ttl_s, value)
@@ -78,6 +78,7 @@ class MemoryStore:
         while len(entries) > self.max_entries or self.bytes > self.max_bytes:
             old, (_, gone) = entries.popitem(last=False)
             self.bytes -= len(old) + len(gone)
+        return None  # stored already: nothing to wait for
 
     def _drop(self, key: str) -> None:
         _, value = self._entries.pop(key)
@@ -109,16 +110,18 @@ class RedisStore:
         except RedisDown:
             raise StoreDown() from None
 
-    def put(self, key: str, value: bytes) -> None:
-        """Issued now, landed later: the request that made the answer does not wait."""
+    def put(self, key: str, value: bytes) -> asyncio.Task[None] | None:
+        """Issued now, landed later: the request that made the answer does not wait (the
+        write, to await where something must follow it; None: dropped)."""
         if not self.link.available or len(self._pending) >= MAX_PENDING_WRITES:
-            return
+            return None
         try:
             task = asyncio.get_running_loop().create_task(self._set(self.redis_key(key), value))
         except RuntimeError:  # no loop (a synchronous caller): nothing to schedule on
-            return
+            return None
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        return task
 
     async def _set(self, name: str, value: bytes) -> None:
         try:

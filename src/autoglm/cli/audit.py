@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -57,6 +57,7 @@ def audit_verify(
     try:
         settings = load_settings(config)
         paths = AuditPaths.under(settings.data_dir)
+        edges: dict[str, Report] = {}
         if file is not None:
             report = _verify_file(file, paths, key, checkpoints, public_key)
         else:
@@ -65,13 +66,17 @@ def audit_verify(
             db = Database(database_url(settings))
             try:
                 report = verify(db, paths)
+                edges = _verify_edges(db, paths)
             finally:
                 db.close()
     except AutoGLMError as exc:
         raise fail(exc.message) from None
     what = "audit export" if file is not None else "audit chain"
     if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
+        doc = report.to_dict()
+        if edges:
+            doc["edge_nodes"] = {node: r.to_dict() for node, r in edges.items()}
+        print(json.dumps(doc, indent=2))
     else:
         fault = report.fault
         if fault is None:
@@ -89,8 +94,25 @@ def audit_verify(
                 at = "its trailer" if "trailer" in fault.detail else "a checkpoint"
             _console().print(f"[bold red]{what} broken at {at}: {fault.kind}[/] "
                              f"({fault.detail}); {report.records} record(s) verified before it")
-    if not report.intact:
+        for node, r in edges.items():  # the chains edge nodes forwarded (``edge.inbox``)
+            if r.fault is None:
+                _console().print(f"edge node {node}: chain intact, {r.records} record(s), "
+                                 f"head seq {r.head_seq}")
+            else:
+                _console().print(f"[bold red]edge node {node}: chain broken at seq "
+                                 f"{r.fault.seq}: {r.fault.kind}[/] ({r.fault.detail})")
+    if not report.intact or any(not r.intact for r in edges.values()):
         raise typer.Exit(1)
+
+
+def _verify_edges(db: Any, paths: AuditPaths) -> dict[str, Report]:
+    """The chains of the edge nodes whose records this centre keeps (none: empty)."""
+    from autoglm.audit.keys import load_hmac_key
+    from autoglm.edge.inbox import verify as verify_edges
+
+    if not paths.hmac_key.exists():
+        return {}
+    return verify_edges(db, load_hmac_key(paths.hmac_key, create=False))
 
 
 def _verify_file(file: Path, paths: AuditPaths, key: Path | None, checkpoints: Path | None,

@@ -48,6 +48,9 @@ class Authenticator:
                  failures: AuthFailures | None = None) -> None:
         self.keys = keys_service  # None: authentication disabled by the loud flag
         self.failures = failures or AuthFailures()
+        # a last word on an identity found (an edge node refuses tenant keys once its copy
+        # of them is too old: ``edge.link``)
+        self.gate: Callable[[Identity], None] | None = None
 
     @property
     def disabled(self) -> bool:
@@ -72,6 +75,8 @@ class Authenticator:
         if identity is None:
             self.failures.failed(client)
             raise AuthenticationError(BAD_KEY)
+        if self.gate is not None:
+            self.gate(identity)
         return identity
 
 

@@ -9,8 +9,13 @@ operation). Without Redis, or while it is away, ``hold`` is a no-op beside the l
 guard each operation has anyway (a file lock for pulls, the database for key rotation):
 single-flight is then per host, which is all one host needs.
 
-Used by model pulls (``lock:pull:<name>``), key rotation (``lock:key-rotate:<key id>``)
-and engine starts (``lock:engine-start:<host>:<model>``).
+``Locks.take(name)`` takes a lock only if it is free, without waiting (a ``Lease``, or
+None when someone else holds it), and ``held(name)`` says whether someone does: the
+response cache's single-flight of identical misses (``lock:cache:<key>``, a short lease)
+uses them, its followers waiting for the answer while the lock is held.
+
+Used by model pulls (``lock:pull:<name>``), key rotation (``lock:key-rotate:<key id>``),
+engine starts (``lock:engine-start:<host>:<model>``) and the response cache.
 """
 
 from __future__ import annotations
@@ -51,6 +56,17 @@ class _Held:
     renew: threading.Thread
 
 
+@dataclass
+class Lease:
+    """A lock taken by ``Locks.take``; ``release`` it (once). Without Redis it holds
+    nothing."""
+
+    held: _Held | None
+
+    def release(self) -> None:
+        Locks._release(self.held)
+
+
 class Locks:
     def __init__(self, url: str | None, *, prefix: str = "autoglm:", lease_s: float = 30.0,
                  wait_s: float = 30.0, poll_s: float = 0.05) -> None:
@@ -85,6 +101,35 @@ class Locks:
         finally:
             await asyncio.to_thread(self._release, held)
 
+    def take(self, name: str, *, lease_s: float | None = None,
+             renew_for_s: float | None = None) -> Lease | None:
+        """Lock ``name`` if nobody holds it, without waiting: its ``Lease``, or None when
+        someone else holds it. Without Redis, or while it is away, a ``Lease`` of nothing.
+        ``renew_for_s``: renewed for at most this long, so a holder that never releases
+        (a bug) frees it all the same."""
+        client = self._client
+        if client is None:
+            return Lease(None)
+        key, token = f"{self.prefix}lock:{name}", secrets.token_hex(16)
+        lease_ms = int((lease_s or self.lease_s) * 1000)
+        try:
+            if not client.set(key, token, nx=True, px=lease_ms):
+                return None
+        except DOWN_ERRORS as exc:
+            self._down(name, exc)
+            return Lease(None)
+        return Lease(self._hold(client, key, token, lease_ms, renew_for_s))
+
+    def held(self, name: str) -> bool:
+        """Whether someone holds lock ``name`` (False without Redis, or while it is away)."""
+        client = self._client
+        if client is None:
+            return False
+        try:
+            return bool(client.exists(f"{self.prefix}lock:{name}"))
+        except DOWN_ERRORS:
+            return False
+
     def _acquire(self, name: str, what: str | None) -> _Held | None:
         client = self._client
         if client is None:
@@ -100,11 +145,20 @@ class Locks:
                                         "when it has finished")
                 time.sleep(self.poll_s)
         except DOWN_ERRORS as exc:  # Redis away: the local guard still holds on this host
-            log.warning("lock not taken: redis unreachable", extra={
-                "lock": name, "redis": self._where, "reason": " ".join(str(exc).split())[:200]})
+            self._down(name, exc)
             return None
+        return self._hold(client, key, token, lease_ms)
+
+    def _down(self, name: str, exc: BaseException) -> None:
+        log.warning("lock not taken: redis unreachable", extra={
+            "lock": name, "redis": self._where, "reason": " ".join(str(exc).split())[:200]})
+
+    def _hold(self, client: redis.Redis, key: str, token: str, lease_ms: int,
+              renew_for_s: float | None = None) -> _Held:
         stop = threading.Event()
-        renew = threading.Thread(target=self._renew, args=(client, key, token, lease_ms, stop),
+        until = None if renew_for_s is None else time.monotonic() + renew_for_s
+        renew = threading.Thread(target=self._renew,
+                                 args=(client, key, token, lease_ms, stop, until),
                                  name="autoglm-lock", daemon=True)
         renew.start()
         return _Held(client, key, token, stop, renew)
@@ -120,9 +174,12 @@ class Locks:
         except DOWN_ERRORS:
             pass  # the lease ends it
 
-    def _renew(self, client: redis.Redis, key: str, token: str, lease_ms: int,
-               stop: threading.Event) -> None:
-        while not stop.wait(self.lease_s / 3):
+    @staticmethod
+    def _renew(client: redis.Redis, key: str, token: str, lease_ms: int,
+               stop: threading.Event, until: float | None = None) -> None:
+        while not stop.wait(lease_ms / 3000):
+            if until is not None and time.monotonic() >= until:
+                return  # renewed long enough: the lease runs out by itself
             try:
                 if not client.eval(_RENEW, 1, key, token, lease_ms):
                     log.warning("lock lost before it was released", extra={"lock": key})

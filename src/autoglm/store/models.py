@@ -262,6 +262,9 @@ class StoredFile(Base):
     endpoint: Mapped[str | None] = mapped_column(String(32), nullable=True)  # its lines' url
     model: Mapped[str | None] = mapped_column(String(128), nullable=True)  # when all agree
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # null: kept until deleted; past: gone (not shown, not served, swept: ``batch.sweep``)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True,
+                                                        index=True)
 
 
 class Batch(Base):
@@ -290,7 +293,10 @@ class Batch(Base):
     output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     output_file_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     error_file_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    finalize_until: Mapped[float | None] = mapped_column(Float, nullable=True)  # its lease
+    # the lease (epoch seconds) of whoever works on it: its intake while validating
+    # (``batch.intake``), its finalizer once finalizing; the value is also the holder's token
+    finalize_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    output_expires_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     in_progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
@@ -333,3 +339,46 @@ class QueuedLine(Base):
     run_after: Mapped[float] = mapped_column(Float)
     claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     deliveries: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class EdgeNode(Base):
+    """At a centre: one edge node whose audit records it keeps (``autoglm.edge.inbox``),
+    and the end of that node's chain as far as it was forwarded."""
+
+    __tablename__ = "edge_nodes"
+    node: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EdgeRecord(Base):
+    """At a centre: an edge node's audit records, as the node sealed them (its ``seq`` and
+    ``hash``, the columns of ``audit_log``), each stored once."""
+
+    __tablename__ = "edge_audit"
+    node: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    project_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    action: Mapped[str] = mapped_column(String(64))
+    resource: Mapped[str] = mapped_column(String(256))
+    decision: Mapped[str] = mapped_column(String(8))
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    client_addr: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    client_request_id: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    purpose: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    consent_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    count: Mapped[int] = mapped_column(Integer)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+    personal: Mapped[str | None] = mapped_column(Text, nullable=True)
+    hash: Mapped[str] = mapped_column(String(64))

@@ -13,6 +13,7 @@ from autoglm.api.metrics import Metrics
 from autoglm.pipeline.stage import EngineStage, Stage
 from autoglm.pipeline.stages.accounting import Accounting
 from autoglm.pipeline.stages.admission import Admission
+from autoglm.pipeline.stages.alerts import Alerts
 from autoglm.pipeline.stages.audit import Audit
 from autoglm.pipeline.stages.authenticate import Authenticate
 from autoglm.pipeline.stages.authorize import Authorize
@@ -40,6 +41,7 @@ class StageDeps:
     default_max_tokens: int = 512
     batch_share: float = 0.8  # of each limit, for batch lines
     cache: Any = None  # cache.ResponseCache; None: no cache stage
+    alerts: Any = None  # alerts.Feed; None: no alerts stage
 
 
 def build_stages(deps: StageDeps, extra: dict[str, list[Stage]] | None = None) -> list[Stage]:
@@ -60,6 +62,7 @@ def build_stages(deps: StageDeps, extra: dict[str, list[Stage]] | None = None) -
         GuardOutput(deps.guards),
         *([KeepAnswer()] if deps.text_tenants else []),
         Accounting(deps.metrics),
+        *([Alerts(deps.alerts)] if deps.alerts is not None else []),
         Audit(deps.audit),
     ]
     for before_name, inserted in (extra or {}).items():

@@ -12,6 +12,10 @@ answer once it finished cleanly (``ctx.outcome`` ok: not failed, not cancelled),
 text masked by the caller's output guard: exactly what the guard let through, so a
 stored answer never holds a raw value (and a blocked one is never stored).
 
+Identical misses fly once (``cache/flight.py``): while a miss runs the model for a key,
+the identical requests that miss meanwhile wait (before admission, taking no slot) for
+its answer and replay it as hits; ``after`` hands the answer (or None) to them.
+
 Each looked-up request gets the response header ``X-AutoGLM-Cache: hit | miss | bypass``
 (bypass: it asked, but cannot use the cache: not deterministic, ``skip``, a model
 nothing vouches for, or the shared store down) and is counted per model
@@ -23,10 +27,12 @@ nothing per event.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import orjson
 
 from autoglm.cache import (
+    Lead,
     Recorder,
     Recording,
     Replay,
@@ -56,6 +62,7 @@ class Cache(Stage):
     def __init__(self, cache: ResponseCache, guards: PiiGuards) -> None:
         self.cache = cache
         self.store = cache.store
+        self.flights = cache.flights
         self.tenants = cache.tenants
         self.guards = guards
 
@@ -88,8 +95,15 @@ class Cache(Stage):
             self._result(ctx, "bypass")  # inference goes on; the link recovers by itself
             return
         entry = decode(found) if found is not None else None
+        lead: Lead | None = None
+        if entry is None and self.flights is not None:
+            joined = await self.flights.join(key)  # an identical miss may be running now
+            if isinstance(joined, Lead):
+                lead = joined
+            else:
+                entry = decode(joined)
         if entry is None:
-            ctx.engine = Recorder(ctx.engine, Recording(key))
+            ctx.engine = Recorder(ctx.engine, Recording(key, lead))
             self._result(ctx, "miss")
         else:
             ctx.engine = Replay(ctx.engine.model, entry)
@@ -102,17 +116,28 @@ class Cache(Stage):
 
     def after(self, ctx: RequestContext) -> None:
         engine = ctx.engine
-        if engine.__class__ is not Recorder or ctx.outcome != "ok":
+        if engine.__class__ is not Recorder:
             return
+        recording = engine.recording
+        value = None
+        try:
+            if ctx.outcome == "ok":
+                value = recording.encode(self._mask(ctx))
+        except Exception:  # noqa: BLE001 - after hooks must not raise; the answer went out
+            log.exception("an answer could not be encoded for the response cache")
+        try:
+            if recording.lead is not None:
+                recording.lead.done(value)  # stores it, and hands it to who waits (None too)
+            elif value is not None:
+                self.store.put(recording.key, value)
+        except Exception:  # noqa: BLE001 - as above
+            log.exception("an answer could not be stored in the response cache")
+
+    def _mask(self, ctx: RequestContext) -> Callable[[str], str | None]:
         guard = self.guards.of(ctx)
 
         def mask(text: str) -> str | None:
             result = guard.apply(text)
             return None if result.blocked else result.text
 
-        try:
-            value = engine.recording.encode(mask)
-            if value is not None:
-                self.store.put(engine.recording.key, value)
-        except Exception:  # noqa: BLE001 - after hooks must not raise; the answer went out
-            log.exception("an answer could not be stored in the response cache")
+        return mask

@@ -20,6 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from autoglm.cli.model_evaluate import model_evaluate
 from autoglm.cli.output import fail
 from autoglm.errors import AutoGLMError
 from autoglm.settings import load_settings
@@ -28,7 +29,7 @@ from autoglm.supply import manifest as mf
 from autoglm.supply.registry import Registry
 
 model_app = typer.Typer(
-    help="Models: pull, register, verify, sign, encrypt, quantize, list, remove.",
+    help="Models: pull, register, verify, sign, encrypt, quantize, evaluate, list, remove.",
     no_args_is_help=True)
 Config = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML settings file.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -161,6 +162,9 @@ def model_quantize(name: str,
         return
     err.print(f"registered {entry['name']} ({entry['manifest']['total_size']:,} bytes); serve it "
               f"with `autoglm serve --model {entry['name']}`", highlight=False)
+
+
+model_app.command("evaluate")(model_evaluate)
 
 
 @model_app.command("sign")

@@ -195,6 +195,12 @@ class Settings(BaseSettings):
                     "auth_failure_window_s; beyond them it gets 429 until the window ends.")
     auth_failure_window_s: float = Field(
         10.0, gt=0, le=3600, description="Window of auth_failure_limit, in seconds.")
+    console_idle_hours: float = Field(
+        8.0, gt=0, le=24 * 30, description="Web console (/console): a session unused this "
+        "long ends; the next page asks to sign in again.")
+    console_max_hours: float = Field(
+        12.0, gt=0, le=24 * 90, description="Web console (/console): a session ends this long "
+        "after sign-in, however much it is used.")
     ops_public: bool = Field(
         False, description="Show /readyz details (models, engines, pids, instances) and "
         "/metrics without a key. Off: they need a key that may read engines.")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from starlette.routing import Route
 
-from autoglm.api.routes import ROUTES, RouteTable
+from autoglm.api.routes import CONSOLE_ROUTES, ROUTES, RouteTable
 from autoglm.store.models import Principal, Project, RoleBinding, Tenant
 from tests.conftest import MODEL, make_settings, start_app
 
@@ -23,7 +23,7 @@ def test_every_route_of_the_app_is_in_the_route_table(tmp_path: Path) -> None:
     app = create_app(make_settings(tmp_path / "d"), engines={})
     served = {(m, r.path) for r in app.routes if isinstance(r, Route) for m in r.methods or ()
               if m != "HEAD"}
-    table = {(r.method, r.path) for r in ROUTES}
+    table = {(r.method, r.path) for r in ROUTES + CONSOLE_ROUTES}
     assert served == table
     for method, path, _, action, *_ in ROUTES:
         protected = path.startswith(("/v1/", "/admin/"))
@@ -35,6 +35,14 @@ def test_every_route_of_the_app_is_in_the_route_table(tmp_path: Path) -> None:
     assert routes.label("/admin/v1/keys/key_1/rotate") == "/admin/v1/keys/{key}/rotate"
     assert routes.label("/v1/models/a/b") == "/v1/models/{model}"
     assert routes.label("/nope") == "unmatched"
+    # the console: its session, not a key; only the sign-in page and its files are public
+    everything = RouteTable(ROUTES + CONSOLE_ROUTES)
+    assert everything.protected_prefixes == ("/admin/", "/v1/")
+    assert everything.console_route("/console/login") is False
+    assert everything.console_route("/console/static/console.css") is False
+    assert everything.console_route("/console") and everything.console_route("/console/x")
+    assert everything.console_route("/consoles") is None
+    assert everything.console_route("/admin/v1/tenants") is None
 
 
 @pytest.fixture(scope="module")

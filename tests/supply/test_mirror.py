@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from autoglm.api.app import create_app
-from autoglm.api.routes import MIRROR_ROUTES, ROUTES, RouteTable
+from autoglm.api.routes import CONSOLE_ROUTES, MIRROR_ROUTES, ROUTES, RouteTable
 from autoglm.engine.catalog import embedded_model_path
 from autoglm.supply import signing, trust
 from autoglm.supply.mirror import MANIFEST_FILE, SIGNATURE_FILE
@@ -210,7 +210,9 @@ def test_the_mirror_routes_exist_only_when_it_is_on_and_all_need_model_pull(
         served = {(m, r.path) for r in app.routes for m in getattr(r, "methods", None) or ()
                   if m != "HEAD"}
         mirror = {(r.method, r.path) for r in MIRROR_ROUTES}
-        assert served == {(r.method, r.path) for r in ROUTES} | (mirror if on else set())
+        console = {(r.method, r.path) for r in CONSOLE_ROUTES}
+        assert served == ({(r.method, r.path) for r in ROUTES} | console
+                          | (mirror if on else set()))
     table = RouteTable(ROUTES + MIRROR_ROUTES)
     assert table.edge_authenticated("/api/models/autoglm/x")
     assert table.edge_authenticated("/autoglm/x/resolve/main/f.gguf")

@@ -30,6 +30,7 @@ from autoglm.audit import AuditLog, Record
 from autoglm.audit.keys import AuditPaths, load_hmac_key
 from autoglm.batch.system import BatchSystem
 from autoglm.cache import ResponseCache
+from autoglm.console.service import Console
 from autoglm.edge.inbox import EdgeInbox
 from autoglm.edge.link import EdgeLink
 from autoglm.engine.base import Engine
@@ -208,6 +209,7 @@ def create_app(
     batch = BatchSystem.build(settings, db, service, audit, auth, engine_map, link)
     table = routes_for(settings.mirror)
     routes = [Route(r.path, r.endpoint, methods=[r.method]) for r in table]
+    console = Console.build(settings, db, auth.keys, authz)  # the web console (/console)
     middleware = []
     if settings.cors_allow_origins:  # outermost, so preflights need no key
         middleware.append(Middleware(
@@ -218,7 +220,8 @@ def create_app(
                                  routes=RouteTable(table),
                                  max_body_bytes=settings.max_body_bytes,
                                  upload_max_bytes=settings.batch_file_max_bytes,
-                                 tls=settings.tls_enabled, audit=audit))
+                                 tls=settings.tls_enabled, audit=audit,
+                                 console=console.gate))
     app = Starlette(
         routes=routes,
         middleware=middleware,
@@ -243,7 +246,8 @@ def create_app(
     app.state.edge_inbox = inbox
     app.state.directory = Directory(db, audit)
     app.state.batch = batch
-    app.state.openapi = openapi.build(table)
+    app.state.console = console
+    app.state.openapi = openapi.build([r for r in table if not r.console])
     if settings.mirror:  # the registry's verified models, over the Hugging Face API
         app.state.mirror = Catalog(settings.data_dir)
     return app

@@ -6,7 +6,8 @@
 2. size limit: ``Content-Length`` over the limit is a 413 before reading; a chunked
    body is counted while it is read;
 3. authentication of the protected routes that the inference pipeline does not
-   authenticate itself (admin, model list);
+   authenticate itself (admin, model list); the web console's routes are admitted by
+   its session cookie instead (``console.gate``);
 4. errors: whatever a request raises becomes its OpenAI-shaped response here
    (``api/errors.py``); a failure after the response started is logged (streams end
    themselves with an error event);
@@ -28,6 +29,7 @@ from autoglm.api.errors import error_body, error_headers, to_error
 from autoglm.api.metrics import Metrics
 from autoglm.api.routes import RouteTable
 from autoglm.audit import AuditLog, Record
+from autoglm.console.gate import ConsoleGate
 from autoglm.errors import AuthenticationError, AutoGLMError, PayloadTooLargeError
 from autoglm.logs import AccessLog, request_id_var
 from autoglm.pipeline.context import RequestContext
@@ -116,9 +118,11 @@ async def _drain(receive: Receive) -> None:
 class GatewayMiddleware:
     def __init__(self, app: ASGIApp, *, auth: Authenticator, metrics: Metrics,
                  routes: RouteTable, max_body_bytes: int, tls: bool = False,
-                 audit: AuditLog | None = None, upload_max_bytes: int | None = None) -> None:
+                 audit: AuditLog | None = None, upload_max_bytes: int | None = None,
+                 console: ConsoleGate | None = None) -> None:
         self.app = app
         self.auth = auth
+        self.console = console  # the web console's session check (``console.gate``)
         self.audit = audit  # failed authentication at the edge is recorded (folded)
         self.metrics = metrics
         self.routes = routes
@@ -178,6 +182,13 @@ class GatewayMiddleware:
                 except AuthenticationError as exc:
                     self._refused(scope, ctx, exc)
                     raise
+            elif self.console is not None:
+                signed_in = self.routes.console_route(scope["path"])
+                if signed_in is not None:
+                    instead = await self.console.admit(scope, ctx, signed_in)
+                    if instead is not None:  # to the sign-in page
+                        await instead(scope, receive, send_wrapper)
+                        return
             await self.app(scope, self._limited(receive, max_body), send_wrapper)
         except Exception as exc:  # noqa: BLE001 - the one place errors become responses
             err = to_error(exc)

@@ -5,6 +5,12 @@ the inference pipeline authenticates it (its own first stage) instead of the edg
 middleware. The protected prefixes, the metric route labels, the OpenAPI document and
 the isolation tests are all derived from this table, so a route added here is covered
 everywhere, and a route added without an action fails the isolation tests.
+
+The web console's routes (``CONSOLE_ROUTES``) are signed in with the console's session
+cookie instead of a bearer key (``console.gate``): their action is ``console.use`` (the
+policy's right to sign in) or None (the sign-in page and the console's static files);
+what a page shows and changes is decided by the admin handlers it calls, with their own
+actions. They are not part of the OpenAPI document (they answer HTML).
 """
 
 from __future__ import annotations
@@ -32,6 +38,14 @@ from autoglm.api import (
     usage,
 )
 from autoglm.api.metrics import metrics_endpoint
+from autoglm.console import assets
+from autoglm.console.pages import audit as c_audit
+from autoglm.console.pages import auth as c_auth
+from autoglm.console.pages import directory as c_dir
+from autoglm.console.pages import keys as c_keys
+from autoglm.console.pages import models as c_models
+from autoglm.console.pages import playground as c_play
+from autoglm.console.pages import usage as c_usage
 
 
 class RouteSpec(NamedTuple):
@@ -40,6 +54,7 @@ class RouteSpec(NamedTuple):
     endpoint: Callable
     action: str | None  # None: public, no key needed
     pipeline: bool = False  # authenticated by the inference pipeline, not at the edge
+    console: bool = False  # a web console route: its session cookie, not a bearer key
 
 
 ROUTES: tuple[RouteSpec, ...] = (
@@ -126,21 +141,66 @@ MIRROR_ROUTES: tuple[RouteSpec, ...] = (
 )
 
 
+USE = "console.use"
+
+
+def _c(method: str, path: str, endpoint: Callable, action: str | None = USE) -> RouteSpec:
+    return RouteSpec(method, path, endpoint, action, console=True)
+
+
+# The web console (``autoglm.console``): pages, the forms of changes (POST, each with the
+# session's CSRF token), and the playground's stream.
+CONSOLE_ROUTES: tuple[RouteSpec, ...] = (
+    _c("GET", "/console/login", c_auth.login_page, None),
+    _c("POST", "/console/login", c_auth.login, None),
+    _c("GET", "/console/static/{name}", assets.static_file, None),
+    _c("POST", "/console/logout", c_auth.logout),
+    _c("GET", "/console", c_auth.home),
+    _c("GET", "/console/tenants", c_dir.tenants),
+    _c("POST", "/console/tenants", c_dir.tenants),
+    _c("GET", "/console/tenants/{tenant}", c_dir.tenant),
+    _c("POST", "/console/tenants/{tenant}/models", c_dir.set_grant),
+    _c("POST", "/console/tenants/{tenant}/projects", c_dir.create_project),
+    _c("POST", "/console/tenants/{tenant}/principals", c_dir.create_principal),
+    _c("GET", "/console/projects/{project}", c_dir.project),
+    _c("POST", "/console/projects/{project}", c_dir.project),
+    _c("GET", "/console/principals/{principal}", c_dir.principal),
+    _c("POST", "/console/principals/{principal}/bindings", c_dir.create_binding),
+    _c("POST", "/console/bindings/{binding}/delete", c_dir.delete_binding),
+    _c("POST", "/console/principals/{principal}/keys", c_keys.create_key),
+    _c("POST", "/console/keys/{key}/rotate", c_keys.rotate_key),
+    _c("POST", "/console/keys/{key}/revoke", c_keys.revoke_key),
+    _c("GET", "/console/models", c_models.models),
+    _c("POST", "/console/models/{model}/instances/{name}/drain", c_models.drain),
+    _c("POST", "/console/models/{model}/instances/{name}/resume", c_models.resume),
+    _c("GET", "/console/usage", c_usage.usage),
+    _c("GET", "/console/audit", c_audit.audit),
+    _c("GET", "/console/audit/verify", c_audit.audit_verify),
+    _c("GET", "/console/playground", c_play.playground),
+    _c("POST", "/console/api/chat", inference.chat_completions),
+)
+
+
 def routes_for(mirror_on: bool) -> tuple[RouteSpec, ...]:
-    """The routes an app serves: every one of ``ROUTES``, and the mirror's when it is on."""
-    return ROUTES + MIRROR_ROUTES if mirror_on else ROUTES
+    """The routes an app serves: every one of ``ROUTES``, the console's, and the mirror's
+    when it is on."""
+    return ROUTES + CONSOLE_ROUTES + (MIRROR_ROUTES if mirror_on else ())
 
 
 class RouteTable:
     """Lookups the edge middleware makes on every request, precomputed from the table."""
 
     def __init__(self, routes: Sequence[RouteSpec]) -> None:
-        protected = [r for r in routes if r.action is not None]
+        protected = [r for r in routes if r.action is not None and not r.console]
         # The first path segment of every protected route: an unknown path under one of
         # them still needs a key (401 before 404, so nothing is learnt without one).
         self.protected_prefixes = tuple(sorted({"/" + r.path.split("/")[1] + "/"
                                                 for r in protected}))
         self.pipeline_paths = frozenset(r.path for r in routes if r.pipeline)
+        console = [r for r in routes if r.console]
+        self.console_roots = tuple(sorted({"/" + r.path.split("/")[1] for r in console}))
+        # console paths that need no session (every other one does, known or not)
+        self._console_public = [compile_path(r.path)[0] for r in console if r.action is None]
         self._static = {r.path for r in routes if "{" not in r.path}
         self._templated: list[tuple[re.Pattern[str], str]] = []
         seen: set[str] = set()
@@ -152,6 +212,12 @@ class RouteTable:
 
     def edge_authenticated(self, path: str) -> bool:
         return path.startswith(self.protected_prefixes) and path not in self.pipeline_paths
+
+    def console_route(self, path: str) -> bool | None:
+        """None: not a console path; else whether it needs a signed-in session."""
+        if not any(path == root or path.startswith(root + "/") for root in self.console_roots):
+            return None
+        return not any(regex.match(path) for regex in self._console_public)
 
     def label(self, path: str) -> str:
         """A bounded metric label: the route's template, or 'unmatched'."""

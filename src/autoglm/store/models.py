@@ -382,3 +382,17 @@ class EdgeRecord(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
     personal: Mapped[str | None] = mapped_column(Text, nullable=True)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class ConsoleSession(Base):
+    """A signed-in session of the web console (``autoglm.console.sessions``): only the
+    SHA-256 of its random token is stored, with the key it was opened with (the session
+    ends when that key stops working) and its idle and absolute ends."""
+
+    __tablename__ = "console_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32), index=True)
+    principal_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

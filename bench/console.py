@@ -159,7 +159,8 @@ def main() -> None:
                      f"/console/projects/{ids['project']}",
                      f"/console/principals/{ids['principal']}", "/console/models",
                      "/console/usage", "/console/usage?bucket=day&since=30d&group=key",
-                     "/console/audit", "/console/audit?decision=deny", "/console/playground"]
+                     "/console/audit", "/console/audit?decision=deny", "/console/alerts",
+                     "/console/playground"]
             with srv.client(timeout=30) as http:
                 sign_in(http)
                 cookies = http.cookies

@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from autoglm.alerts.quota import DAY_S, tokens_today
 from autoglm.alerts.webhook import verify
 from tests.alerts.receiver import Receiver, receiver
-from tests.conftest import MODEL, make_settings, start_app
+from tests.conftest import ADMIN_KEY, MODEL, make_settings, start_app
+from tests.console.support import ConsoleClient
 
 pytestmark = pytest.mark.model
 
@@ -117,6 +118,19 @@ async def test_a_key_leak_burst_raises_signed_alerts_records_and_metrics(world) 
     assert rec["key_id"] == world["key_id"] and rec["tenant_id"] == world["tenant"]
     assert rec["actor"] == world["principal"] and rec["client_addr"] == LEAKED_FROM
     assert rec["resource"] == f"key:{world['key_id']}"
+
+    # shown in the web console, newest first, with the address the key leaked to
+    console = ConsoleClient(app)
+    try:
+        assert (await console.sign_in(ADMIN_KEY)).status_code == 303
+        page = (await console.get("/console/alerts")).text
+    finally:
+        await console.close()
+    assert 'href="/console/alerts"' in page  # in the menu
+    row = page.split(world["key_id"], 1)[0].rsplit("<tr>", 1)[1] + page.split(
+        world["key_id"], 1)[1].split("</tr>", 1)[0]
+    assert "new_address" in page and LEAKED_FROM in page, page[-3000:]
+    assert "<td" in row
 
     # and counted in the metrics
     text = (await client.get("/metrics")).text

@@ -39,6 +39,7 @@ from autoglm.api import (
 )
 from autoglm.api.metrics import metrics_endpoint
 from autoglm.console import assets
+from autoglm.console.pages import alerts as c_alerts
 from autoglm.console.pages import audit as c_audit
 from autoglm.console.pages import auth as c_auth
 from autoglm.console.pages import directory as c_dir
@@ -176,6 +177,7 @@ CONSOLE_ROUTES: tuple[RouteSpec, ...] = (
     _c("GET", "/console/usage", c_usage.usage),
     _c("GET", "/console/audit", c_audit.audit),
     _c("GET", "/console/audit/verify", c_audit.audit_verify),
+    _c("GET", "/console/alerts", c_alerts.alerts),
     _c("GET", "/console/playground", c_play.playground),
     _c("POST", "/console/api/chat", inference.chat_completions),
 )

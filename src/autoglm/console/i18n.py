@@ -19,6 +19,7 @@ _PAIRS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "nav.models": ("Models", "模型"),
     "nav.usage": ("Usage", "用量"),
     "nav.audit": ("Audit", "审计"),
+    "nav.alerts": ("Alerts", "告警"),
     "nav.playground": ("Playground", "试验场"),
     "lang.switch": ("Language", "语言"),
     "signout": ("Sign out", "退出登录"),
@@ -137,6 +138,19 @@ _PAIRS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "group.tenant": ("tenant", "租户"),
     "group.project": ("project", "项目"),
     "group.key": ("key", "密钥"),
+    # alerts
+    "alerts.title": ("Usage alerts", "用量告警"),
+    "alerts.help": ("Bursts, error and refusal spikes, keys used from new addresses and tenants "
+                    "nearing their daily quota, raised in the last {days} days, newest first.",
+                    "最近 {days} 天内的突发流量、错误与拒绝激增、密钥从新地址使用以及租户接近每日"
+                    "配额的告警，最新的在前。"),
+    "alerts.signal": ("Signal", "信号"),
+    "alerts.subject": ("Key or tenant", "密钥或租户"),
+    "alerts.value": ("Value", "数值"),
+    "alerts.baseline": ("Usual", "基线"),
+    "alerts.threshold": ("Threshold", "阈值"),
+    "alerts.addresses": ("New addresses", "新地址"),
+    "alerts.empty": ("No alerts in this period.", "此期间没有告警。"),
     # audit
     "audit.title": ("Audit trail", "审计记录"),
     "audit.filters": ("Filters", "筛选"),

@@ -38,6 +38,7 @@ NAV: tuple[tuple[str, str, str | None], ...] = (
     ("/console/models", "nav.models", "model.list"),
     ("/console/usage", "nav.usage", "usage.read"),
     ("/console/audit", "nav.audit", "audit.read"),
+    ("/console/alerts", "nav.alerts", "alert.read"),
     ("/console/playground", "nav.playground", "inference"),
 )
 

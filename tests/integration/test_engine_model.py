@@ -96,12 +96,44 @@ async def test_stop_sequence_ends_generation_without_the_stop_text(api: AppClien
     assert " 6" not in text and full.startswith(text)
 
 
+def _completed(prefix: str) -> object:
+    """``prefix`` closed as JSON (strings, objects, arrays ended): a grammar-held answer cut
+    by max_tokens is a prefix of a JSON document, so this parses; prose does not."""
+    stack, in_str, escaped = [], False, False
+    for ch in prefix:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_str = False
+            continue
+        if ch == '"':
+            in_str = True
+        elif ch in "{[":
+            stack.append("}" if ch == "{" else "]")
+        elif ch in "}]":
+            stack.pop()
+    text = prefix + ('"' if in_str else "")
+    text = text.rstrip()
+    if text.endswith(":"):
+        text += " null"
+    elif text.endswith(","):
+        text = text[:-1]
+    return json.loads(text + "".join(reversed(stack)))
+
+
 async def test_json_object_mode_yields_valid_json(api: AppClient) -> None:
+    """The grammar holds the answer to a JSON object. Whether the 135M model closes it or
+    goes on adding keys until max_tokens differs between CPUs (llama.cpp's kernels round
+    differently with the instruction set): a finished answer must parse, a cut one must be
+    the start of one."""
     msgs = [{"role": "user", "content": "Reply in JSON with fields name and age for Tom, 30."}]
     text, fin, _ = await run(api, messages=msgs, max_tokens=120,
                              sampling={"temperature": 0.0, "json_object": True})
-    assert fin.finish_reason == "stop", text
-    assert json.loads(text)["name"] == "Tom"
+    doc = json.loads(text) if fin.finish_reason == "stop" else _completed(text)
+    assert isinstance(doc, dict) and doc["name"] == "Tom", text
     free, _, _ = await run(api, messages=msgs, max_tokens=40)  # unconstrained: prose
     with pytest.raises(ValueError):
         json.loads(free)

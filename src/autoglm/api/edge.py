@@ -23,17 +23,27 @@ import re
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from autoglm.api.admin_authz import check, record
 from autoglm.api.body import blocking, json_body
 from autoglm.edge import snapshot
-from autoglm.edge.inbox import EdgeInbox
+from autoglm.edge.inbox import MAX_BATCH, EdgeInbox
 from autoglm.errors import InvalidRequestError, NotFoundError
 from autoglm.timefmt import stamp
 
 NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ForwardIn(BaseModel):
+    """The body of a forward (described in /openapi.json; each record is checked by the
+    inbox, which names what is wrong with it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    records: list[dict[str, Any]] = Field(max_length=MAX_BATCH, description=(
+        "the node's next audit records in seq order, each with the columns of audit_log"))
 
 
 def _node(request: Request) -> str:

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from autoglm import __version__
-from autoglm.api import alerts, audit, batches, files, identity, limits, usage
+from autoglm.api import alerts, audit, batches, edge, files, identity, limits, usage
 from autoglm.api.openapi_links import links, success_status
 from autoglm.pipeline.schemas import ChatCompletionRequest, CompletionRequest
 from autoglm.settings import InstanceSpec
@@ -25,6 +25,7 @@ BODIES: dict[str, type[BaseModel]] = {
     "rotate_key": identity.RotateIn, "add_instance": InstanceSpec,
     "chat_completions": ChatCompletionRequest, "completions": CompletionRequest,
     "create_batch": batches.BatchIn, "set_limits": limits.LimitsIn,
+    "forward_audit": edge.ForwardIn,
 }
 
 # bodies sent as multipart/form-data: uploads

@@ -26,7 +26,8 @@ case "$cmd" in
     exec "$VENV/bin/autoglm" serve "$@"
     ;;
   test)
-    "$VENV/bin/pip" install --quiet -e '.[test]'
+    # train: the fine-tuning tests (torch==2.13.0, the CPU build on the test machines' disk)
+    "$VENV/bin/pip" install --quiet -e '.[test,train]'
     set +e
     "$VENV/bin/python" -m pytest "$@"
     rc=$?

@@ -19,6 +19,7 @@ from autoglm.cli.backup import restore as restore_command
 from autoglm.cli.bundle import bundle_app
 from autoglm.cli.compliance import compliance_app
 from autoglm.cli.doctor import doctor as doctor_command
+from autoglm.cli.finetune import finetune as finetune_command
 from autoglm.cli.identity import keys_app, principals_app, projects_app, tenants_app
 from autoglm.cli.model import model_app
 from autoglm.cli.output import err_console, fail
@@ -46,6 +47,7 @@ app.command("worker")(worker_command)
 app.command("doctor")(doctor_command)
 app.command("backup")(backup_command)
 app.command("restore")(restore_command)
+app.command("finetune")(finetune_command)
 
 ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="YAML settings file.", exists=False)
@@ -73,6 +75,9 @@ def serve(
     model: Annotated[Optional[str], typer.Option(
         help="A registered model to serve, by name.")] = None,
     model_id: Annotated[Optional[str], typer.Option(help="Model id clients use.")] = None,
+    adapter: Annotated[Optional[list[str]], typer.Option(
+        help="A registered LoRA adapter to serve on the model as MODEL:ADAPTER "
+        "(repeatable).")] = None,
     engine: Annotated[Optional[str], typer.Option(
         help="Engine for --model-path: llamacpp (embedded) or vllm (managed).")] = None,
     slots: Annotated[Optional[int], typer.Option(help="Sequences decoded together.")] = None,
@@ -95,7 +100,7 @@ def serve(
         settings = load_settings(
             config, host=host, port=port, grpc_port=grpc_port, workers=workers, model=model,
             model_path=model_path,
-            model_id=model_id, engine=engine,
+            model_id=model_id, engine=engine, adapters=adapter or None,
             slots=slots,
             ctx_per_slot=ctx_per_slot, n_threads=n_threads, max_queue=max_queue,
             data_dir=data_dir, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,

@@ -19,6 +19,8 @@ class GenerationRequest:
     tools: dict[str, Any] | None = None
     # whose request it is: the embedded engine reuses cached prompt prefixes per tenant
     tenant: str | None = None
+    # a LoRA adapter loaded on the engine's base (served as the model id BASE:ADAPTER)
+    adapter: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -36,6 +38,8 @@ class GenerationRequest:
             out["prompt"] = self.prompt
         if self.tenant is not None:
             out["tenant"] = self.tenant
+        if self.adapter is not None:
+            out["adapter"] = self.adapter
         return out
 
 

@@ -6,6 +6,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+from autoglm.engine import adapters as lora
 from autoglm.engine.base import Engine
 from autoglm.engine.catalog import is_gguf, resolve_model
 from autoglm.engine.llamacpp.client import LlamaCppEngine
@@ -22,6 +23,9 @@ def build_engines(settings: Settings, run_dir: Path) -> dict[str, Engine]:
     """One engine per served model: the settings' ``models`` list, else ``--model-path``
     on the engine ``--engine`` names (embedded llama.cpp by default)."""
     if settings.models:
+        if settings.adapters:
+            raise ConfigError("adapters are served on the one model of --model/--model-path; "
+                              "with a models list, name no adapters")
         engines: dict[str, Engine] = {}
         for spec in settings.models:
             if spec.engine == "llamacpp":
@@ -35,15 +39,30 @@ def build_engines(settings: Settings, run_dir: Path) -> dict[str, Engine]:
     if settings.engine == "vllm":
         return _managed_vllm(settings, run_dir)
     path, model_id = resolve_model(settings.model_path, settings.model_id)
-    return {model_id: _llamacpp(settings, path, model_id, run_dir)}
+    return _with_adapters(settings, path, model_id, run_dir)
+
+
+def _with_adapters(settings: Settings, path: Path, model_id: str,
+                   run_dir: Path) -> dict[str, Engine]:
+    """The base's engine, and ``BASE:ADAPTER`` for each adapter it loads."""
+    state = trust.check(path, settings.model_trust, settings.data_dir, settings.trusted_keys)
+    digest, served = lora.plan(settings, path, model_id, state)
+    base = LlamaCppEngine(settings, path, model_id, run_dir, verification=state,
+                          adapters={a.name: a.gguf for a in served}, base_sha256=digest)
+    engines: dict[str, Engine] = {model_id: base}
+    for a in served:
+        engines[a.model_id] = lora.AdapterEngine(base, a)
+    return engines
 
 
 def attach_engines(settings: Settings, specs: list[dict]) -> dict[str, Engine]:
     """A gateway worker's engines: handles on the engine processes the main process started
     (``attach_spec`` of each), so N workers share one engine per model."""
     engines: dict[str, Engine] = {}
-    for spec in specs:
-        if spec["kind"] == "llamacpp":
+    for spec in sorted(specs, key=lambda s: s["kind"] == "adapter"):  # bases first
+        if spec["kind"] == "adapter":
+            engines[spec["model_id"]] = lora.attach(spec, engines)
+        elif spec["kind"] == "llamacpp":
             sock = Path(spec["socket"])
             engines[spec["model_id"]] = LlamaCppEngine(
                 settings, Path(spec["model_path"]), spec["model_id"], sock.parent,
@@ -62,6 +81,9 @@ def _llamacpp(settings: Settings, path: Path, model_id: str, run_dir: Path) -> L
 def _from_registry(settings: Settings) -> Settings:
     """``--model NAME``: the registered model's files (its GGUF, for llama.cpp)."""
     entry = Registry(settings.data_dir).get(settings.model or "")
+    if entry.get("kind") == "adapter":
+        raise ConfigError(f"'{entry['name']}' is a LoRA adapter, not a model: serve its base "
+                          f"'{entry['base']['name']}' with --adapter {entry['name']}")
     root = Path(entry["path"])
     path = root
     if settings.engine == "llamacpp" and root.is_dir():
@@ -94,9 +116,15 @@ def _managed_vllm(settings: Settings, run_dir: Path) -> dict[str, Engine]:
         log.warning("vLLM cannot run here; serving the GGUF model on llama.cpp instead",
                     extra={"reason": exc.message, "model": model_id})
         path, model_id = resolve_model(path, model_id)
-        return {model_id: _llamacpp(settings, path, model_id, run_dir)}
+        return _with_adapters(settings, path, model_id, run_dir)
     state = trust.check(path, settings.model_trust, settings.data_dir, settings.trusted_keys)
     files = trust.tree(path, settings.data_dir) if settings.model_trust != "any" else None
-    engine = ManagedVllmEngine(settings, path, model_id, groups, files=files)
+    _, served = lora.plan(settings, path, model_id, state)
+    engine = ManagedVllmEngine(settings, path, model_id, groups, files=files,
+                               lora_modules={a.model_id: a.peft for a in served},
+                               max_lora_rank=max((a.rank for a in served), default=0))
     engine.model = replace(engine.model, verification=state)
-    return {model_id: engine}
+    engines: dict[str, Engine] = {model_id: engine}
+    for a in served:
+        engines[a.model_id] = lora.AdapterEngine(engine, a)
+    return engines

@@ -40,6 +40,12 @@ class EngineFields(BaseModel):
     model_id: str | None = Field(
         None, description="Model id clients use. Unset: derived from the model file name."
     )
+    adapters: list[str] = Field(
+        default_factory=list, description="Registered LoRA adapters (`autoglm finetune`) "
+        "served on the model, each under the id BASE:ADAPTER. The base's weights are loaded "
+        "once; an adapter trained on another base (SHA-256) is refused at start. Each passes "
+        "model_trust as a model does.",
+    )
     pull_retries: int = Field(
         6, ge=0, le=100, description="`model pull`: tries again this many times after a "
         "transient error (429, 5xx, connection reset), with exponential backoff.",

@@ -39,9 +39,13 @@ from autoglm.supply.encryption import KEY_ENV
 
 class LlamaCppEngine:
     def __init__(self, settings: Settings, model_path: Path, model_id: str, run_dir: Path,
-                 verification: dict | None = None, *, attached: bool = False) -> None:
+                 verification: dict | None = None, *, attached: bool = False,
+                 adapters: dict[str, Path] | None = None, base_sha256: str = "") -> None:
         """``attached``: the engine process belongs to another process (the main process
-        of ``--workers N``); this handle only connects to its socket and watches it."""
+        of ``--workers N``); this handle only connects to its socket and watches it.
+        ``adapters``: LoRA adapter files the engine loads on this base, by name (checked
+        against the base's digest ``base_sha256`` by ``engine/adapters.py`` and again at
+        load)."""
         self.settings = settings
         self.model_path = model_path
         self.socket_path = run_dir / f"engine-{model_id}.sock"
@@ -65,6 +69,8 @@ class LlamaCppEngine:
             "--log-level", settings.log_level,
             *self._integrity_args(verification),
             *self._key_args(settings),
+            *[a for name, f in (adapters or {}).items() for a in ("--adapter", f"{name}={f}")],
+            *(["--base-sha256", base_sha256] if adapters and base_sha256 else []),
         )
         self.supervisor: ProcessSupervisor | AttachedProcess
         if attached:

@@ -10,6 +10,7 @@ from typing import Any
 
 from autoglm.engine import ipc
 from autoglm.engine.llamacpp.budget import PrefillBudget
+from autoglm.engine.llamacpp.lora import AdapterSet
 from autoglm.engine.llamacpp.model import LlamaModel
 from autoglm.engine.llamacpp.prefix import PrefixCache
 from autoglm.engine.llamacpp.prompt import PromptBuilder, check_length
@@ -31,14 +32,15 @@ log = logging.getLogger("autoglm.engine")
 class EngineServer:
     def __init__(self, model: LlamaModel, model_id: str, default_max_tokens: int,
                  integrity: dict[str, Any] | None = None, *, prefix: PrefixCache | None = None,
-                 budget: PrefillBudget | None = None) -> None:
+                 budget: PrefillBudget | None = None,
+                 adapters: AdapterSet | None = None) -> None:
         self.model = model
         self.integrity = integrity
         self.model_id = model_id
         self.default_max_tokens = default_max_tokens
         self.prompts = PromptBuilder(model)
         self.grammars = GrammarCache(model)
-        self.scheduler = Scheduler(model, self._emit, prefix, budget)
+        self.scheduler = Scheduler(model, self._emit, prefix, budget, adapters)
         # No token is longer than this: text beyond ctx_per_slot times it cannot fit, and
         # is refused before any tokenizing.
         self.max_token_bytes = max(1, max(len(model.piece(t)) for t in range(model.n_vocab)))
@@ -61,6 +63,8 @@ class EngineServer:
             "path": str(self.model.path),
             "integrity": self.integrity,
             "prefix": self.scheduler.prefix.stats(),
+            "adapters": {"loaded": self.scheduler.adapters.names,
+                         "switches": self.scheduler.adapters.switches},
         }
 
     def _bound(self, texts: list[Any], param: str) -> None:
@@ -97,7 +101,14 @@ class EngineServer:
         sampler = Sampler(self.model, params, self.grammars)
         tenant = req.get("tenant")
         scope = self.scheduler.prefix.scope_of(tenant if isinstance(tenant, str) else None)
-        return Job(prompt, max_tokens, sampler, TextStream(stop), sink, scope)
+        adapter = req.get("adapter")
+        if adapter is not None:
+            if adapter not in self.scheduler.adapters.loaded:
+                sampler.free()
+                raise InvalidRequestError(f"this engine has no adapter {adapter!r}",
+                                          param="model")
+            scope += f"@{adapter}"  # KV computed with one adapter is no use to another
+        return Job(prompt, max_tokens, sampler, TextStream(stop), sink, scope, adapter=adapter)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

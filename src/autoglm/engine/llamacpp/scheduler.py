@@ -14,6 +14,12 @@ rest of its prompt is decoded.
 Events leave through one ``emit(outbox)`` call per step, ``outbox`` being a list of
 ``(sink, events)``: one wake-up of the event loop per step, however many slots are
 busy. Cancelling a slot frees it before the next step.
+
+LoRA adapters (``lora.py``) apply to a whole decode, so a step decodes the requests of
+one adapter (or of the base alone) only: the group in the context keeps it while others
+wait, for at most ``ADAPTER_QUANTUM`` steps, then the group with the oldest request
+goes next. Requests of different adapters arriving together thus take turns instead of
+sharing steps; their KV caches stay where they are meanwhile.
 """
 
 from __future__ import annotations
@@ -29,12 +35,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autoglm.engine.llamacpp.budget import BudgetConfig, PrefillBudget
+from autoglm.engine.llamacpp.lora import AdapterSet
 from autoglm.engine.llamacpp.model import Batch, LlamaModel
 from autoglm.engine.llamacpp.prefix import PrefixCache
 from autoglm.engine.llamacpp.sampling import Sampler
 from autoglm.engine.llamacpp.text import TextStream
 
 log = logging.getLogger("autoglm.engine")
+
+ADAPTER_QUANTUM = 16  # steps one adapter's group keeps the context while another waits
 
 Emit = Callable[[list[tuple[Any, list[dict]]]], None]
 
@@ -52,6 +61,7 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     cached: int = 0  # prompt tokens whose KV cache was reused
     order: int = 0  # arrival number: prompts are fed first come first served
+    adapter: str | None = None  # the LoRA adapter it is decoded with (None: the base)
 
 
 @dataclass(eq=False)
@@ -77,8 +87,13 @@ class _Slot:
 
 class Scheduler:
     def __init__(self, model: LlamaModel, emit: Emit, prefix: PrefixCache | None = None,
-                 budget: PrefillBudget | None = None) -> None:
+                 budget: PrefillBudget | None = None,
+                 adapters: AdapterSet | None = None) -> None:
         self.model = model
+        self.adapters = adapters or AdapterSet(model)
+        self._group_steps = 0  # steps the adapter in the context has had since it came in
+        self._steps = 0
+        self._ran_at: dict[str | None, int] = {}  # the last step each adapter's group ran
         self.emit = emit
         cfg = model.config
         self.prefix = prefix or PrefixCache(model, "", enabled=False, store_mib=0,
@@ -180,13 +195,34 @@ class Scheduler:
             self.model.clear_sequence(slot.seq_id)
             slot.tokens, slot.scope = [], None
 
+    def _group(self) -> str | None:
+        """The adapter whose requests this step decodes (applied to the context first):
+        the one in the context until its quantum is used up while another group waits,
+        then the group that has waited longest (oldest request first on a tie)."""
+        current = self.adapters.active
+        jobs = [s.job for s in self.slots if s.job is not None]
+        groups = {j.adapter for j in jobs}
+        self._steps += 1
+        if current in groups and (len(groups) == 1 or self._group_steps < ADAPTER_QUANTUM):
+            self._group_steps += 1
+            self._ran_at[current] = self._steps
+            return current
+        oldest = {g: min(j.order for j in jobs if j.adapter == g) for g in groups}
+        waiting = [g for g in groups if g != current] or list(groups)
+        chosen = min(waiting, key=lambda g: (self._ran_at.get(g, 0), oldest[g]))
+        self.adapters.apply(chosen)
+        self._group_steps = 1
+        self._ran_at[chosen] = self._steps
+        return chosen
+
     def _step(self) -> None:
         batch = self.batch
         batch.clear()
         generating = 0
+        group = self._group()
         for slot in self.slots:  # one token for every slot that is generating
             slot.logits_index = -1
-            if slot.job is not None and not slot.prefilling:
+            if slot.job is not None and slot.job.adapter == group and not slot.prefilling:
                 slot.logits_index = batch.add(slot.last_token, slot.pos, slot.seq_id, True)
                 if slot.growing and self.prefix.reuse_answers:
                     slot.tokens.append(slot.last_token)
@@ -195,8 +231,10 @@ class Scheduler:
                 slot.pos += 1
                 generating += 1
         budget = self.budget.tokens(generating)
-        prefilling = sorted((s for s in self.slots if s.prefilling),
-                            key=lambda s: s.job.order)  # type: ignore[union-attr]
+        prefilling = sorted(
+            (s for s in self.slots if s.prefilling
+             and s.job.adapter == group),  # type: ignore[union-attr]
+            key=lambda s: s.job.order)  # type: ignore[union-attr]
         for slot in prefilling:  # then prompt chunks: short prompts whole, long ones by budget
             prompt = slot.job.prompt  # type: ignore[union-attr]
             rest = len(prompt) - slot.fed

@@ -42,6 +42,7 @@ async def serve(args: argparse.Namespace, hashing: StartedHash | None = None) ->
     from autoglm.engine import ipc
     from autoglm.engine.llamacpp.budget import BudgetConfig, PrefillBudget
     from autoglm.engine.llamacpp.engine_server import EngineServer
+    from autoglm.engine.llamacpp.lora import AdapterSet
     from autoglm.engine.llamacpp.model import (
         ContextConfig,
         LlamaModel,
@@ -73,8 +74,12 @@ async def serve(args: argparse.Namespace, hashing: StartedHash | None = None) ->
                          reuse_answers=bool(args.prefix_cache_reuse_answers))
     budget = PrefillBudget(BudgetConfig(args.n_batch, args.prefill_budget_tokens,
                                         args.prefill_stall_factor, args.prefill_short_tokens))
+    adapters = AdapterSet(model)
+    for spec in args.adapter:  # NAME=PATH: each loaded once against the one base
+        name, _, file = spec.partition("=")
+        adapters.load(name, Path(file), args.base_sha256 or None)
     server = EngineServer(model, args.model_id, args.default_max_tokens, integrity,
-                          prefix=prefix, budget=budget)
+                          prefix=prefix, budget=budget, adapters=adapters)
     server.scheduler.start()
     # The decode thread warms the weights up first (on that thread: llama.cpp's CPU
     # thread pool runs 40% slower if another thread decoded first); ready comes after.
@@ -139,6 +144,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prefill-budget-tokens", type=int, default=0)
     p.add_argument("--prefill-stall-factor", type=float, default=1.5)
     p.add_argument("--prefill-short-tokens", type=int, default=64)
+    p.add_argument("--adapter", action="append", default=[],
+                   help="NAME=PATH: a LoRA adapter served on this base (repeatable)")
+    p.add_argument("--base-sha256", default="",
+                   help="the base's digest: adapters recording another base are refused")
     p.add_argument("--parent-pid", type=int, default=os.getppid())
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)

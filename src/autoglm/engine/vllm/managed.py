@@ -108,9 +108,14 @@ def plan(settings: Settings) -> list[list[Gpu]]:
 class ManagedVllmEngine(UpstreamEngine):
     def __init__(self, settings: Settings, model_path: Path, model_id: str,
                  groups: list[list[Gpu]], *, pick_port: Callable[[], int] = free_port,
-                 files: VerifiedTree | None = None) -> None:
+                 files: VerifiedTree | None = None, lora_modules: dict[str, Path] | None = None,
+                 max_lora_rank: int = 0) -> None:
         """``files``: the registered model directory, checked before every child start
-        and again once the child has loaded it (model_trust verified or signed)."""
+        and again once the child has loaded it (model_trust verified or signed).
+        ``lora_modules``: PEFT adapter directories by the model id that asks for them
+        (vLLM's LoRA support; several adapters share a batch)."""
+        self.lora_modules = dict(lora_modules or {})
+        self.max_lora_rank = max_lora_rank
         self._pick_port = pick_port
         self.files = files
         self._files_lock = asyncio.Lock()  # children start together: one check for all
@@ -150,8 +155,17 @@ class ManagedVllmEngine(UpstreamEngine):
             "--host", "127.0.0.1", "--port", str(child.port),
             "--served-model-name", self._model_id,
             "--tensor-parallel-size", str(len(child.gpus)),
+            *self._lora_args(),
             *s.vllm_extra_args,
         ]
+
+    def _lora_args(self) -> list[str]:
+        if not self.lora_modules:
+            return []
+        rank = 1 << max(3, (self.max_lora_rank - 1).bit_length())  # vLLM takes 8, 16, 32...
+        return ["--enable-lora", "--max-loras", str(len(self.lora_modules)),
+                "--max-lora-rank", str(rank), "--lora-modules",
+                *(f"{model_id}={path}" for model_id, path in self.lora_modules.items())]
 
     def _supervisor(self, child: Child) -> ProcessSupervisor:
         s = self.settings

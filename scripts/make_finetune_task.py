@@ -1,0 +1,27 @@
+"""Write the house-format fine-tuning task: train.jsonl (180 chats) and heldout.jsonl (16).
+
+    python scripts/make_finetune_task.py OUT_DIR [--seed 7]
+
+The chats are generated (autoglm.finetune.housestyle), not collected: IT-helpdesk
+questions whose answers start with the tag [ACME] and end with "Ref: <QUEUE>".
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from autoglm.finetune.housestyle import write_task
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--seed", type=int, default=7)
+    args = p.parse_args()
+    train, held = write_task(args.out_dir, args.seed)
+    print(f"wrote {train} and {held}")
+
+
+if __name__ == "__main__":
+    main()

@@ -21,8 +21,8 @@ async def test_playground_streams_and_the_request_shows_in_usage(tmp_path) -> No
         page = (await c.get("/console/playground")).text
         token = re.search(r'data-csrf="([^"]+)"', page).group(1)
         assert f'<option value="{MODEL}">' in page
-        body = {"model": MODEL, "stream": True, "max_tokens": 8,
-                "messages": [{"role": "user", "content": "Say hello"}]}
+        body = {"model": MODEL, "stream": True, "max_tokens": 12, "temperature": 0,
+                "messages": [{"role": "user", "content": "Count from one to ten."}]}
         deltas = []
         async with c.http.stream("POST", "/console/api/chat", json=body,
                                  headers={"X-CSRF-Token": token,

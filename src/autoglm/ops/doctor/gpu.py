@@ -101,12 +101,14 @@ def installed(dist: str) -> str | None:
 
 def torch_cuda() -> str | None:
     """The CUDA torch was built for (torch/version.py's ``cuda``), None for a CPU build;
-    read from the file, torch is not imported."""
-    spec = importlib.util.find_spec("torch")
-    if spec is None or not spec.submodule_search_locations:
+    read from the file of the distribution ``installed`` reports (not of a torch that this
+    process may have imported already), torch is not imported."""
+    try:
+        dist = importlib.metadata.distribution("torch")
+    except importlib.metadata.PackageNotFoundError:
         return None
     try:
-        text = (Path(next(iter(spec.submodule_search_locations))) / "version.py").read_text()
+        text = Path(str(dist.locate_file("torch/version.py"))).read_text()
     except OSError:
         return None
     m = re.search(r"^cuda\b[^=\n]*=\s*['\"]([\d.]+)['\"]", text, re.MULTILINE)

@@ -215,6 +215,7 @@ class PayloadTooLargeError(AutoGLMError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+    body_read = False  # the whole body had arrived when the limit was passed
 
 
 class FileTooLargeError(AutoGLMError):

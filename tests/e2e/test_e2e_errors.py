@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import openai
 import pytest
 
@@ -111,3 +113,23 @@ def test_a_huge_body_sent_before_reading_still_gets_the_413(server: ServerProces
         opener.open(req, timeout=60)
     assert exc.value.code == 413
     assert b"request_too_large" in exc.value.read()
+
+
+def test_a_chunked_body_over_the_limit_that_arrived_whole_gets_its_413_at_once(
+        server: ServerProcess) -> None:
+    """The whole chunked body in one write: the limit is passed on its last piece, and the
+    413 comes at once (it used to wait for more body, up to 30 s, and the client timed out
+    first, now and then)."""
+    import socket
+
+    chunk = b" " * 512
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(8)) + b"0\r\n\r\n"
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {server.key}\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n").encode()
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(head + body)
+        reply = s.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert time.monotonic() - started < 5.0

@@ -195,7 +195,8 @@ class GatewayMiddleware:
             if status_box[0]:  # response already started: nothing more can be said
                 log.error("error after response started", extra={"error": err.message})
             else:
-                if isinstance(err, PayloadTooLargeError) and _lingers(scope, length):
+                if isinstance(err, PayloadTooLargeError) and _lingers(scope, length) \
+                        and not err.body_read:
                     await _drain(receive)
                 await send_wrapper({"type": "http.response.start", "status": err.status,
                                     "headers": error_headers(err)})
@@ -226,9 +227,13 @@ class GatewayMiddleware:
             if message["type"] == "http.request":
                 seen[0] += len(message.get("body", b""))
                 if seen[0] > limit:
-                    raise PayloadTooLargeError(
+                    exc = PayloadTooLargeError(
                         f"Request body exceeds the limit of {limit} bytes."
                     )
+                    # the whole body is in already: nothing is left to drain before the
+                    # 413 (waiting for more would wait for the client to give up)
+                    exc.body_read = not message.get("more_body", False)
+                    raise exc
             return message
 
         return wrapped

@@ -44,12 +44,14 @@ STATELESS_EXAMPLES = 15 * SCALE  # per operation and mode (positive, negative)
 STATELESS_BUDGET_S = 60.0 * SCALE
 ENGINES = r"^/(admin/v1/(engines|models/)|v1/models)"  # the rest: identity objects
 BATCH = r"^/v1/(files|batches)"  # uploads and batches: their own chains
+EDGE = r"^/admin/v1/(edge/|alerts)"  # what a centre serves its edge nodes; alerts
 ENGINE_SCENARIOS = 100 * SCALE
 BATCH_SCENARIOS = 400 * SCALE
+EDGE_SCENARIOS = 60 * SCALE
 IDENTITY_SCENARIOS = 1200 * SCALE
-SCENARIOS = ENGINE_SCENARIOS + BATCH_SCENARIOS + IDENTITY_SCENARIOS
+SCENARIOS = ENGINE_SCENARIOS + BATCH_SCENARIOS + EDGE_SCENARIOS + IDENTITY_SCENARIOS
 STEPS = 12  # deep enough for tenant -> principal -> key -> rotate -> rotate -> revoke
-STATEFUL_BUDGET_S = 90.0 * SCALE
+STATEFUL_BUDGET_S = 100.0 * SCALE
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +105,14 @@ def test_stateful_fuzzing_reaches_every_route_with_real_ids(target: fz.Fuzz) -> 
     target.statuses.clear()
     schema = target.schema()
     started = time.monotonic()
-    # Three machines, as the ids of engines, of uploads and batches, and of identity
-    # objects never meet: each gets its own scenarios instead of the cheap calls of one
-    # crowding out the deep chains of another.
+    # Four machines, as the ids of engines, of uploads and batches, of edge nodes and of
+    # identity objects never meet: each gets its own scenarios instead of the cheap calls
+    # of one crowding out the deep chains of another.
     for part, scenarios in ((schema.include(path_regex=ENGINES), ENGINE_SCENARIOS),
                             (schema.include(path_regex=BATCH), BATCH_SCENARIOS),
-                            (schema.exclude(path_regex=ENGINES).exclude(path_regex=BATCH),
-                             IDENTITY_SCENARIOS)):
+                            (schema.include(path_regex=EDGE), EDGE_SCENARIOS),
+                            (schema.exclude(path_regex=ENGINES).exclude(path_regex=BATCH)
+                             .exclude(path_regex=EDGE), IDENTITY_SCENARIOS)):
         deadline = time.monotonic() + STATEFUL_BUDGET_S * scenarios / SCENARIOS
         fz.stateful(target, fz.state_machine(target, part, deadline), scenarios, STEPS,
                     deadline)

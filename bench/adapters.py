@@ -78,7 +78,8 @@ async def run_mix(client, models: list[str]) -> tuple[float, int]:
     return time.perf_counter() - t0, sum(tokens)
 
 
-async def serve(data_dir: Path, adapters: list[str], threads: int, rounds: int) -> dict:
+async def serve(data_dir: Path, adapters: list[str], threads: int, rounds: int,
+                mixes: dict[str, list[str]] | None = None) -> dict:
     import httpx
     from asgi_lifespan import LifespanManager
 
@@ -90,6 +91,7 @@ async def serve(data_dir: Path, adapters: list[str], threads: int, rounds: int) 
                         n_threads=threads, adapters=adapters, prefix_cache=False,
                         max_queue=64)
     app = create_app(settings)
+    mixes = mixes or MIXES
     out: dict = {}
     async with LifespanManager(app, startup_timeout=120, shutdown_timeout=30):
         transport = httpx.ASGITransport(app=app)
@@ -100,9 +102,9 @@ async def serve(data_dir: Path, adapters: list[str], threads: int, rounds: int) 
             if not adapters:
                 return out
             await run_mix(client, [MODEL, f"{MODEL}:acme"])  # warm-up
-            runs: dict[str, list[tuple[float, int, int]]] = {m: [] for m in MIXES}
+            runs: dict[str, list[tuple[float, int, int]]] = {m: [] for m in mixes}
             for _ in range(rounds):
-                for name, models in MIXES.items():
+                for name, models in mixes.items():
                     before = (await engine._hello(5.0))["adapters"]["switches"]
                     wall, tokens = await run_mix(client, models)
                     after = (await engine._hello(5.0))["adapters"]["switches"]

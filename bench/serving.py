@@ -16,6 +16,9 @@ flash attention as llama.cpp's default "auto" resolves it on CPU, i.e. on).
     llama.cpp's batched decode driven in-process through the low-level API (all N
     sequences in one ``llama_decode`` per step, greedy) -- the engine's upper limit;
     plus, as a diagnostic, our engine process driven through its Unix socket (no HTTP).
+(c) with ``--only c`` (needs the train extra): a LoRA adapter against the base alone,
+    the same 8 concurrent completions (48 tokens) to ``BASE`` and to ``BASE:acme`` on one
+    server (bench/adapters.py's run, two of its mixes; it also measures mixed adapters).
 
 Rounds are interleaved (every system once per round, order rotated) and medians are
 reported, because a shared machine is noisy; targets use the median of per-round
@@ -226,6 +229,20 @@ def part_b(args: argparse.Namespace, model_path: Path, tmp: Path, log: Log) -> d
             "runs": [r.summary() for rs in runs.values() for r in rs]}
 
 
+def part_c(args: argparse.Namespace, tmp: Path, log: Log) -> dict[str, Any]:
+    import adapters as ab
+
+    data_dir = tmp / "adapter-data"
+    log("(c) training the house-format adapter acme (8 steps)")
+    ab.train(data_dir)
+    mixes = {k: v for k, v in ab.MIXES.items() if k in ("8 base", "8 acme")}
+    log("(c) 8 base vs 8 acme, interleaved rounds")
+    out = asyncio.run(ab.serve(data_dir, ["acme"], args.threads, args.rounds, mixes))
+    m = out["mixes"]
+    return {**m, "adapter_over_base_tokens_per_s": round(
+        m["8 acme"]["tokens_per_s"] / m["8 base"]["tokens_per_s"], 3)}
+
+
 def targets(a: dict[str, Any] | None, b: dict[str, Any] | None, n_max: int) -> list[dict[str, Any]]:
     """Each target judged on the median of per-round ratios (runs adjacent in time)."""
     out: list[dict[str, Any]] = []
@@ -345,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ctx-per-slot", type=int, default=2048)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="llama.cpp threads for every system (default: one per core)")
-    p.add_argument("--only", choices=["a", "b"], help="run one part only")
+    p.add_argument("--only", choices=["a", "b", "c"],
+                   help="run one part only (c, the adapter, runs only when asked)")
     p.add_argument("--skip-llama-server", action="store_true",
                    help="leave llama_cpp.server out of (b)")
     p.add_argument("--no-engine-ipc", action="store_true",
@@ -384,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
             result["one_stream"] = part_a(args, model_path, tmp, log)
         if args.only in (None, "b"):
             result["concurrent"] = part_b(args, model_path, tmp, log)
+        if args.only == "c":
+            result["adapter"] = part_c(args, tmp, log)
+            print(json.dumps(result["adapter"], indent=2))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result["elapsed_s"] = round(time.perf_counter() - t_start, 1)

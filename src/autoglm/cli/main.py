@@ -19,6 +19,7 @@ from autoglm.cli.backup import restore as restore_command
 from autoglm.cli.bundle import bundle_app
 from autoglm.cli.compliance import compliance_app
 from autoglm.cli.doctor import doctor as doctor_command
+from autoglm.cli.federated import app as federated_app
 from autoglm.cli.finetune import finetune as finetune_command
 from autoglm.cli.identity import keys_app, principals_app, projects_app, tenants_app
 from autoglm.cli.model import model_app
@@ -42,6 +43,7 @@ app.add_typer(bundle_app, name="bundle")
 app.add_typer(audit_app, name="audit")
 app.add_typer(privacy_app, name="privacy")
 app.add_typer(compliance_app, name="compliance")
+app.add_typer(federated_app, name="federated")
 app.command("usage")(usage_command)
 app.command("worker")(worker_command)
 app.command("doctor")(doctor_command)

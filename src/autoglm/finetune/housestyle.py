@@ -123,3 +123,39 @@ def in_house_format(text: str) -> bool:
 
 def format_rate(answers: list[str]) -> float:
     return sum(in_house_format(a) for a in answers) / len(answers) if answers else 0.0
+
+
+# Federated: the training topics split by the teams that handle them, one group per site,
+# so that each site knows only its own teams' topics (non-IID: different topics, queues and
+# example counts per site).
+SITE_QUEUES = {"a": ("IAM", "SEC", "MAIL"), "b": ("NET", "HW"), "c": ("DESK", "AV", "APP")}
+_HELD_PHRASING = len(_PHRASINGS) - 1  # held out at every site, never trained on
+
+
+def make_site_tasks(seed: int = 7) -> dict[str, tuple[list[dict], list[dict]]]:
+    """Per site, (training chats, held-out chats): the site's topics in every phrasing but
+    the last for training, in the last one held out. The union of the held-out sets
+    covers every topic."""
+    out: dict[str, tuple[list[dict], list[dict]]] = {}
+    for n, (site, queues) in enumerate(SITE_QUEUES.items()):
+        topics = [t for t in _TOPICS if t[2] in queues]
+        train = [_chat(_question(p, t), answer(t, a, q)) for t, a, q in topics
+                 for i, p in enumerate(_PHRASINGS) if i != _HELD_PHRASING]
+        random.Random(seed + n).shuffle(train)
+        held = [_chat(_question(_PHRASINGS[_HELD_PHRASING], t), answer(t, a, q))
+                for t, a, q in topics]
+        out[site] = (train, held)
+    return out
+
+
+def write_site_tasks(out_dir: Path, seed: int = 7) -> dict[str, tuple[Path, Path]]:
+    """``out_dir/site-NAME/{train,heldout}.jsonl`` for each site."""
+    paths: dict[str, tuple[Path, Path]] = {}
+    for site, (train, held) in make_site_tasks(seed).items():
+        folder = out_dir / f"site-{site}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pair = folder / "train.jsonl", folder / "heldout.jsonl"
+        for path, rows in zip(pair, (train, held)):
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        paths[site] = pair
+    return paths

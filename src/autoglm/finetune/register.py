@@ -27,7 +27,8 @@ def package_dir(registry: Registry, name: str) -> Path:
 
 
 def register_adapter(registry: Registry, name: str, staged: Path, *, base: dict[str, Any],
-                     lora: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:
+                     lora: dict[str, Any], training: dict[str, Any],
+                     source: str = "finetune") -> dict[str, Any]:
     """Move the staged files (adapter.gguf, peft/) into the registry's files and register
     them. ``base``: the base's name and SHA-256."""
     registry.ensure_free(name)
@@ -37,7 +38,7 @@ def register_adapter(registry: Registry, name: str, staged: Path, *, base: dict[
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(staged), str(target))
-    entry = registry.add(target, name, source=f"finetune:{base['name']}")
+    entry = registry.add(target, name, source=f"{source}:{base['name']}")
     entry.update({"kind": KIND, "format": "lora", "quantization": None,
                   "base": {"name": base["name"], "sha256": base["sha256"]}, "lora": lora})
     registry.save(entry)

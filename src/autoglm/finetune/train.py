@@ -78,6 +78,35 @@ class Reporter:
     def stopped_early(self, step: int, best_step: int) -> None: ...
 
 
+def _tensors(items: list[Encoded], pad: int, device: Any) -> tuple[Any, Any, Any]:
+    import torch
+
+    width = max(len(e.input_ids) for e in items)
+    ids = torch.full((len(items), width), pad, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for i, e in enumerate(items):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return ids.to(device), labels.to(device), mask.to(device)
+
+
+def loss_sum(lm: Any, items: list[Encoded], pad: int) -> tuple[Any, int]:
+    """Summed cross-entropy over the answer tokens of ``items``, and their count. ``lm``: a
+    causal LM (with any LoRA layers injected); logits only at the answer positions (the
+    vocabulary projection is a large part of a small model's cost)."""
+    import torch.nn.functional as F
+
+    ids, labels, mask = _tensors(items, pad, next(lm.parameters()).device)
+    hidden = lm.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    logits = lm.get_output_embeddings()(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), int(keep.sum())
+
+
 def device() -> str:
     import torch
 
@@ -116,6 +145,7 @@ class Trainer:
         self.state = LoopState()
         self.seconds = 0.0  # spent in training steps by this process
         self.tokens = 0  # tokens those steps processed (prompts and answers)
+        self.last_loss = math.nan  # the last step's training loss
 
     # --- data ----------------------------------------------------------------------------
     def _indices(self, step: int, micro: int) -> list[int]:
@@ -128,32 +158,8 @@ class Trainer:
             out.append(order[g % n])
         return out
 
-    def _tensors(self, items: list[Encoded]) -> tuple[Any, Any, Any]:
-        import torch
-
-        width = max(len(e.input_ids) for e in items)
-        ids = torch.full((len(items), width), self.pad, dtype=torch.long)
-        labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for i, e in enumerate(items):
-            n = len(e.input_ids)
-            ids[i, :n] = torch.tensor(e.input_ids)
-            labels[i, :n] = torch.tensor(e.labels)
-            mask[i, :n] = 1
-        return ids.to(self.device), labels.to(self.device), mask.to(self.device)
-
-    # --- the loss -----------------------------------------------------------------------
     def _loss_sum(self, items: list[Encoded]) -> tuple[Any, int]:
-        """Summed cross-entropy over the answer tokens, and their count."""
-        import torch.nn.functional as F
-
-        ids, labels, mask = self._tensors(items)
-        lm = self.model.get_base_model()
-        hidden = lm.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        targets = labels[:, 1:]
-        keep = targets != IGNORE
-        logits = lm.get_output_embeddings()(hidden[:, :-1][keep])
-        return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), int(keep.sum())
+        return loss_sum(self.model.get_base_model(), items, self.pad)
 
     def validation_loss(self) -> float:
         import torch
@@ -219,26 +225,7 @@ class Trainer:
         self.reporter.start(st.step, cfg.max_steps, bool(st.resumed_from))
         self.model.train()
         while st.step < cfg.max_steps and not st.stopped_early:
-            t0 = time.perf_counter()
-            step = st.step + 1
-            for group in self.optimizer.param_groups:
-                group["lr"] = self._lr(step)
-            micro = [[self.train_set[i] for i in self._indices(step, m)]
-                     for m in range(cfg.grad_accum)]
-            n_answer = sum(e.trained_tokens for batch in micro for e in batch) or 1
-            tokens, total = 0, 0.0
-            for batch in micro:
-                s, _ = self._loss_sum(batch)
-                (s / n_answer).backward()
-                total += float(s.detach())
-                tokens += sum(len(e.input_ids) for e in batch)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            st.step = step
-            took = time.perf_counter() - t0
-            self.seconds += took
-            self.tokens += tokens
-            self.reporter.step(step, total / n_answer, took, tokens)
+            step = self._step()
             last = step == cfg.max_steps
             if self.val_set and (step % cfg.eval_every == 0 or last):
                 st.stopped_early = self._evaluate() and not last
@@ -247,6 +234,42 @@ class Trainer:
         if st.stopped_early:
             self.reporter.stopped_early(st.step, st.best_step)
         return st
+
+    def _step(self) -> int:
+        """One optimizer step (the next one); its number."""
+        cfg, st = self.config, self.state
+        t0 = time.perf_counter()
+        step = st.step + 1
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr(step)
+        micro = [[self.train_set[i] for i in self._indices(step, m)]
+                 for m in range(cfg.grad_accum)]
+        n_answer = sum(e.trained_tokens for batch in micro for e in batch) or 1
+        tokens, total = 0, 0.0
+        for batch in micro:
+            s, _ = self._loss_sum(batch)
+            (s / n_answer).backward()
+            total += float(s.detach())
+            tokens += sum(len(e.input_ids) for e in batch)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        st.step = step
+        took = time.perf_counter() - t0
+        self.seconds += took
+        self.tokens += tokens
+        self.last_loss = total / n_answer
+        self.reporter.step(step, self.last_loss, took, tokens)
+        return step
+
+    def local_round(self, steps: int) -> float:
+        """``steps`` more optimizer steps and nothing else (no evaluation, no checkpoint):
+        a federated site's local training in one round. The mean training loss."""
+        self.model.train()
+        losses = []
+        for _ in range(steps):
+            self._step()
+            losses.append(self.last_loss)
+        return sum(losses) / len(losses) if losses else math.nan
 
     def final_adapter(self) -> dict[str, Any]:
         """The weights to ship: the best by validation loss, else the last."""

@@ -192,7 +192,13 @@ def state_machine(fuzz: Fuzz, schema: Any, deadline: float) -> type:
 
 
 def _inconsistent_replay(exc: BaseException) -> bool:
-    """Hypothesis's own assertion that a replay drew differently (as FlakyStrategyDefinition)."""
+    """Hypothesis's own assertion that a replay drew differently (as FlakyStrategyDefinition),
+    alone or as all that a group holds (Hypothesis wraps it in a FlakyFailure when the
+    replay that drew differently also failed)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_inconsistent_replay(e) for e in exc.exceptions)
+    if isinstance(exc, FlakyStrategyDefinition):
+        return True
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next

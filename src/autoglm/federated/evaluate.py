@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from autoglm.errors import ConfigError
+
 BASE = "base"
 
 
@@ -32,7 +34,7 @@ def heldout_losses(data_dir: Path, adapters: list[str], files: list[Path], *,
     entries = {name: registry.get(name) for name in adapters if name != BASE}
     base_names = {e["base"]["name"] for e in entries.values()} or {None}
     if len(base_names) > 1:
-        raise ValueError("the adapters compared must share one base")
+        raise ConfigError("the adapters compared must share one base")
     base = resolve_base(registry, base_names.pop())
     hf_dir = prepare(base, bases_dir(data_dir))
     out: dict[str, float] = {}

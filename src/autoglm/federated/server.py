@@ -201,6 +201,10 @@ class FederatedServer:
                      dp=asdict(req.dp), base=base.sha256)
         self.reporter.note(f"listening on {req.address} (mutual TLS); waiting for "
                            f"{req.sites} sites")
+        if not req.dp.enabled:
+            self.reporter.note("differential privacy is off (--noise-multiplier 0): the "
+                               "released adapter carries no privacy guarantee"
+                               + ("" if req.dp.clip else "; updates are not clipped"))
         try:
             if not cm.wait_for(req.sites, timeout=int(req.join_timeout_s)):
                 have = cm.num_available()

@@ -412,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                                 max(args.concurrency))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    render(result)
+    if result["targets"]:
+        render(result)
     print(f"\nwrote {args.out} ({result['elapsed_s']} s)")
     return 0
 

@@ -28,19 +28,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _children import free_port  # noqa: E402
 SITES = ("a", "b", "c")
 
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "autoglm", *args]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _link_base(src: Path, dst: Path) -> None:
@@ -56,7 +51,7 @@ def _link_base(src: Path, dst: Path) -> None:
 
 def _federate(root: Path, name: str, tasks: dict, args: argparse.Namespace,
               noise: float) -> dict:
-    pki, port = root / "pki", _free_port()
+    pki, port = root / "pki", free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     dp = ["--noise-multiplier", str(noise), "--clip", str(args.clip)] if noise else \
         ["--clip", str(args.clip)]

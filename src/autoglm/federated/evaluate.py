@@ -37,14 +37,16 @@ def heldout_losses(data_dir: Path, adapters: list[str], files: list[Path], *,
         raise ConfigError("the adapters compared must share one base")
     base = resolve_base(registry, base_names.pop())
     hf_dir = prepare(base, bases_dir(data_dir))
+    model, tok = load(hf_dir)
+    encoded = [ChatEncoder(tok, max_len).encode(e) for e in examples]
     out: dict[str, float] = {}
     for name in adapters:
-        model, tok = load(hf_dir)
-        encoded = [ChatEncoder(tok, max_len).encode(e) for e in examples]
         lm: Any = model
+        peft_model = None
         if name != BASE:
             check_base(entries[name], base.sha256, base.name)
-            lm = PeftModel.from_pretrained(model, str(peft_dir(entries[name]))).get_base_model()
+            peft_model = PeftModel.from_pretrained(model, str(peft_dir(entries[name])))
+            lm = peft_model.get_base_model()
         lm.eval()
         total, count = 0.0, 0
         with torch.no_grad():
@@ -52,4 +54,6 @@ def heldout_losses(data_dir: Path, adapters: list[str], files: list[Path], *,
                 s, n = loss_sum(lm, encoded[i:i + batch_size], tok.pad_token_id)
                 total, count = total + float(s), count + n
         out[name] = total / count
+        if peft_model is not None:
+            model = peft_model.unload()  # the base again, without this adapter's layers
     return out

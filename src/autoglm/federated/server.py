@@ -300,7 +300,7 @@ class FederatedServer:
             "dp": {**asdict(req.dp), "epsilon": accountant.epsilon if req.dp.enabled else None,
                    "accounting": "Gaussian DP (exact composition), every round charged to "
                                  "every site; unit: one site's update"},
-            "config": {k: v for k, v in req.fit_config(base.sha256).items()},
+            "config": {**req.fit_config(base.sha256), "server_lr": req.server_lr},
             "seconds": round(time.monotonic() - started, 1)}
         entry = register_adapter(
             registry, req.name, staged, base=base.describe(), source="federated",

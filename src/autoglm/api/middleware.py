@@ -12,6 +12,10 @@
    (``api/errors.py``); a failure after the response started is logged (streams end
    themselves with an error event);
 5. access log and request metrics.
+
+The inference endpoints (``RouteTable.direct``) are called from here, not through
+Starlette's exception middleware and router: they are pure ASGI, need no route
+parameters, and their errors become responses here either way.
 """
 
 from __future__ import annotations
@@ -189,7 +193,8 @@ class GatewayMiddleware:
                     if instead is not None:  # to the sign-in page
                         await instead(scope, receive, send_wrapper)
                         return
-            await self.app(scope, self._limited(receive, max_body), send_wrapper)
+            direct = self.routes.direct.get((scope["method"], scope["path"]))
+            await (direct or self.app)(scope, self._limited(receive, max_body), send_wrapper)
         except Exception as exc:  # noqa: BLE001 - the one place errors become responses
             err = to_error(exc)
             if status_box[0]:  # response already started: nothing more can be said

@@ -15,6 +15,7 @@ actions. They are not part of the OpenAPI document (they answer HTML).
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -199,6 +200,10 @@ class RouteTable:
         self.protected_prefixes = tuple(sorted({"/" + r.path.split("/")[1] + "/"
                                                 for r in protected}))
         self.pipeline_paths = frozenset(r.path for r in routes if r.pipeline)
+        # the inference endpoints (pure ASGI, authenticated by their pipeline) by method and
+        # path: the edge calls them itself, without Starlette's router and exception layers
+        self.direct = {(r.method, r.path): r.endpoint for r in routes
+                       if r.pipeline and not inspect.isroutine(r.endpoint)}
         console = [r for r in routes if r.console]
         self.console_roots = tuple(sorted({"/" + r.path.split("/")[1] for r in console}))
         # console paths that need no session (every other one does, known or not)

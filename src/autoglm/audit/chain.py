@@ -18,6 +18,7 @@ measured on SQLite). Same statements, same lock, same transaction.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -40,8 +41,6 @@ _READ = text("SELECT seq, hash FROM audit_head WHERE id = 1")
 _TAKE_SQLITE = text("UPDATE audit_head SET seq = seq WHERE id = 1")
 _MOVE = text("UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1")
 _COPY = f"COPY audit_log ({', '.join(COLUMNS)}) FROM STDIN"
-_INSERT_SQLITE = (f"INSERT INTO audit_log ({', '.join(COLUMNS)}) "
-                  f"VALUES ({', '.join('?' * len(COLUMNS))})")
 _TS, _DETAIL = COLUMNS.index("ts"), COLUMNS.index("detail")
 _ROW = itemgetter(*COLUMNS)
 # ``locked``'s statements in each driver's own parameter style. PostgreSQL: a stuck holder
@@ -83,16 +82,46 @@ def seal_rows(key: bytes, seq: int, prev: bytes, batch: Sequence[Prepared]) -> b
 
 
 def _insert(cursor: Any, sqlite: bool, rows: Sequence[dict[str, Any]]) -> None:
-    """COPY on PostgreSQL, executemany on SQLite (the time as SQLAlchemy's SQLite DateTime
-    writes it, naive UTC; ``detail`` as JSON text either way)."""
+    """COPY on PostgreSQL; on SQLite multi-row INSERTs (the time as SQLAlchemy's SQLite
+    DateTime writes it, naive UTC; ``detail`` as JSON text either way).
+
+    On SQLite the rows go in chunks of power-of-two sizes, one statement each: one
+    ``sqlite3_step`` per chunk instead of one per row (``executemany``). Every step lets go
+    of the GIL, and in a busy gateway the writer then waits for the event loop's thread to
+    hand it back, once per row: batches took several times their CPU time, and each
+    hand-off cost the event loop too."""
     if not sqlite:
         with cursor.copy(_COPY) as copy:
             for row in rows:
                 copy.write_row(_values(row, row["ts"]))
-    else:
-        cursor.executemany(_INSERT_SQLITE, [
-            _values(row, row["ts"].replace(tzinfo=None).isoformat(" ", "microseconds"))
-            for row in rows])
+        return
+    flat: list[Any] = []
+    for row in rows:
+        flat += _values(row, row["ts"].replace(tzinfo=None).isoformat(" ", "microseconds"))
+    width = len(COLUMNS)
+    most = _sqlite_chunk_max(cursor.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+    done = 0
+    while done < len(rows):
+        n = min(most, 1 << ((len(rows) - done).bit_length() - 1))  # largest power of 2 left
+        cursor.execute(_sqlite_insert(n), flat[done * width:(done + n) * width])
+        done += n
+
+
+@functools.cache
+def _sqlite_chunk_max(variable_limit: int) -> int:
+    """The largest power-of-two number of rows (at most 512) one statement may bind."""
+    n = 512
+    while n > 1 and n * len(COLUMNS) > variable_limit:
+        n //= 2
+    return n
+
+
+@functools.cache
+def _sqlite_insert(n: int) -> str:
+    """The INSERT of ``n`` rows in one statement (ten sizes at most, each prepared once per
+    connection by the driver's statement cache)."""
+    one = f"({', '.join('?' * len(COLUMNS))})"
+    return f"INSERT INTO audit_log ({', '.join(COLUMNS)}) VALUES {', '.join([one] * n)}"
 
 
 def _values(row: dict[str, Any], ts: object) -> tuple[Any, ...]:

@@ -16,12 +16,14 @@ bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -47,6 +49,10 @@ DETAIL_MAX_BYTES = 4096
 BODY_FIELDS = ("ts", *(n for n, _ in TEXT_FIELDS), *INT_FIELDS, "latency_ms", "detail",
                "personal")
 COLUMNS = ("seq", *BODY_FIELDS, "hash")
+_BODY_KEYS = frozenset(BODY_FIELDS)
+_TEXTS = attrgetter(*(n for n, _ in TEXT_FIELDS))
+_INTS = attrgetter(*INT_FIELDS)
+_PLAIN = frozenset({str, int, bool, type(None)})  # detail values JSON hands back unchanged
 
 
 def _now() -> datetime:
@@ -147,6 +153,9 @@ def _detail(value: Mapping[str, Any] | None) -> dict[str, Any]:
     if len(raw) > DETAIL_MAX_BYTES:
         raise AuditError(f"audit record detail is {len(raw)} bytes of JSON; at most "
                          f"{DETAIL_MAX_BYTES} are kept (record less)")
+    if type(value) is dict and all(type(k) is str and type(v) in _PLAIN
+                                   for k, v in value.items()):
+        return dict(value)  # flat text, whole numbers (in 64 bits: dumps said so), flags
     out = orjson.loads(raw)  # what the database hands back: lists, no NaN, str keys
     if not isinstance(out, dict):
         raise AuditError("audit record detail must be a JSON object")
@@ -154,6 +163,8 @@ def _detail(value: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _utc_ms(value: datetime) -> datetime:
+    if value.tzinfo is UTC:
+        return value.replace(microsecond=value.microsecond // 1000 * 1000)
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     elif value.utcoffset():
@@ -165,12 +176,18 @@ def normalise(rec: Record) -> dict[str, Any]:
     """The record's body fields as the database stores and returns them (raises
     ``AuditError`` for a field that cannot be stored)."""
     row: dict[str, Any] = {"ts": _utc_ms(rec.ts or _now())}
-    for name, limit in TEXT_FIELDS:
-        row[name] = _text(getattr(rec, name), limit)
+    for (name, limit), value in zip(TEXT_FIELDS, _TEXTS(rec), strict=True):
+        # most values are short ASCII text already, kept as they are
+        if value is not None and (type(value) is not str or len(value) > limit
+                                  or not value.isascii() or "\x00" in value):
+            value = _text(value, limit)
+        row[name] = value
     if row["resource"] is None:
         row["resource"] = ""
-    for name in INT_FIELDS:
-        row[name] = _int(name, getattr(rec, name))
+    for name, value in zip(INT_FIELDS, _INTS(rec), strict=True):
+        if value is not None and not (type(value) is int and -INT_MAX <= value <= INT_MAX):
+            value = _int(name, value)
+        row[name] = value
     if row["count"] is None or row["count"] < 1:
         raise AuditError(f"audit record count must be at least 1, not {rec.count!r}")
     row["latency_ms"] = _latency(rec.latency_ms)
@@ -182,11 +199,17 @@ def normalise(rec: Record) -> dict[str, Any]:
 def body(row: Mapping[str, Any]) -> bytes:
     """The canonical body of a normalised row, or of a row read back from the database
     (where the time and ``detail`` may come as their stored text)."""
-    doc = {name: row.get(name) for name in BODY_FIELDS}
+    if row.keys() == _BODY_KEYS:  # a normalised row (the writer's): copied whole
+        doc = dict(row)
+    else:
+        doc = {name: row.get(name) for name in BODY_FIELDS}
     if doc["personal"] is None:
         del doc["personal"]
     ts = doc["ts"]
-    doc["ts"] = stamp(datetime.fromisoformat(ts) if isinstance(ts, str) else ts)
+    if type(ts) is datetime and ts.tzinfo is UTC:
+        doc["ts"] = ts.isoformat(timespec="milliseconds")  # ``stamp`` of a UTC time
+    else:
+        doc["ts"] = stamp(datetime.fromisoformat(ts) if isinstance(ts, str) else ts)
     detail = doc["detail"]
     if isinstance(detail, str):  # some drivers hand JSON back as text
         doc["detail"] = orjson.loads(detail)
@@ -197,7 +220,16 @@ def body(row: Mapping[str, Any]) -> bytes:
 
 def seal(key: bytes, prev: bytes, seq: int, body_bytes: bytes) -> bytes:
     """``hash_seq``: one HMAC-SHA256 over the previous hash and the canonical form."""
-    return hmac.digest(key, prev + seq.to_bytes(8, "big") + body_bytes, "sha256")
+    mac = _keyed(key).copy()  # the key's pads hashed once, not per record
+    mac.update(prev)
+    mac.update(seq.to_bytes(8, "big"))
+    mac.update(body_bytes)
+    return mac.digest()
+
+
+@functools.lru_cache(maxsize=4)
+def _keyed(key: bytes) -> hmac.HMAC:
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def canonical(seq: int, body_bytes: bytes) -> bytes:

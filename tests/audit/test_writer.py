@@ -296,3 +296,17 @@ def test_the_keys_never_reach_the_database(db_url: str, db: Database,
     if db_url.startswith("sqlite"):
         raw = Path(db_url.removeprefix("sqlite:///")).read_bytes()
         assert key_hex.encode() not in raw and bytes.fromhex(key_hex) not in raw
+
+
+def test_one_large_append_is_stored_whole_and_in_order(db: Database, paths: AuditPaths) -> None:
+    """700 records in one transaction: on SQLite several multi-row INSERTs of different
+    sizes (512 + 128 + 32 + 16 + 8 + 4); every record once, each at its own seq."""
+    log = AuditLog(db, paths)
+    seqs = log.append([rec(i) for i in range(700)])
+    log.close()
+    assert seqs == list(range(1, 701))
+    with db.engine.connect() as conn:
+        rows = conn.execute(select(AuditRecord.seq, AuditRecord.request_id)
+                            .order_by(AuditRecord.seq)).all()
+    assert [(s, r) for s, r in rows] == [(i + 1, f"r-{i}") for i in range(700)]
+    assert verify(db, paths).intact

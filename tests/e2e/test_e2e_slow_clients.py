@@ -87,6 +87,38 @@ def test_slow_connections_are_closed_and_others_are_served(guarded: ServerProces
     assert closed == SLOW, f"only {closed} of {SLOW} slow connections were closed"
 
 
+def test_header_deadline_holds_for_a_later_request_on_a_kept_connection(
+        guarded: ServerProcess) -> None:
+    """One timer per connection: after a finished request, the next one's headers still get
+    exactly the header deadline (the timer set for the first request wakes early, finds the
+    deadline moved on, and sleeps again for the rest)."""
+    s = socket.create_connection(("127.0.0.1", guarded.port), timeout=10)
+    try:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        seen = b""
+        while b"\r\n\r\n" not in seen:
+            seen += s.recv(4096)
+        head, _, body = seen.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head[:100]
+        length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")))
+        while len(body) < length:  # the whole answer read: what comes next is the close
+            body += s.recv(4096)
+        time.sleep(1.0)  # part of the first request's header deadline passes unused
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
+        t0 = time.monotonic()
+        closed_at = None
+        while time.monotonic() - t0 < HEADER_TIMEOUT_S + 5:
+            if _closed_by_server(s):
+                closed_at = time.monotonic() - t0
+                break
+            time.sleep(0.05)
+    finally:
+        s.close()
+    assert closed_at is not None, "the unfinished request was never cut off"
+    assert HEADER_TIMEOUT_S - 0.3 <= closed_at <= HEADER_TIMEOUT_S + 1.5, closed_at
+
+
 def test_beyond_max_connections_a_new_one_gets_a_clean_503(guarded: ServerProcess) -> None:
     srv = guarded
     socks = _slow_loris(srv.port, 720)

@@ -9,8 +9,9 @@ Two ways in:
   (the chain's head stays locked until then, so keep that transaction short).
 - ``submit(record)`` queues and returns at once (a lock and a deque append on the
   caller's thread): for inference records. A background thread commits what is queued
-  in one transaction per batch (executemany or COPY), ``flush_ms`` after the first of
-  them arrived but no sooner than ``flush_ms`` after its previous commit: under load the
+  in one transaction per batch (``commit``; with ``seal_process``, through a child
+  process that seals and commits it: ``offload``), ``flush_ms`` after the first of them
+  arrived but no sooner than ``flush_ms`` after its previous commit: under load the
   batches grow instead of running back to back, which leaves the database to others in
   between (SQLite's lock waiters poll). The queue is bounded: when it is full,
   ``submit`` waits for room (``submit_timeout_s``, then ``AuditError``) and never drops
@@ -45,10 +46,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from autoglm.audit import chain, rollup
+from autoglm.audit import chain
 from autoglm.audit.checkpoints import Checkpointer
+from autoglm.audit.commit import ChainCommitter, reason
 from autoglm.audit.fold import Folder
 from autoglm.audit.keys import AuditPaths, load_hmac_key, load_personal_key, load_signing_key
+from autoglm.audit.offload import SealingProcess
 from autoglm.audit.record import Record, body, normalise
 from autoglm.errors import AuditError
 from autoglm.privacy.vault import PersonalVault
@@ -65,11 +68,22 @@ class AuditLog:
                  submit_timeout_s: float = 10.0, checkpoint_every: int = 10_000,
                  checkpoint_s: float = 60.0, syslog_address: str | None = None,
                  fold_s: float = 1.0, close_timeout_s: float = 30.0,
-                 on_commit: OnCommit | None = None) -> None:
+                 on_commit: OnCommit | None = None, seal_process: bool = False,
+                 log_level: str | None = None) -> None:
         self._db = db
-        self._key = load_hmac_key(paths.hmac_key, create=True)
+        key = load_hmac_key(paths.hmac_key, create=True)
+        master = load_personal_key(paths.personal_key, create=True)
         # personal fields are sealed per data subject before the chain seals the record
-        self.vault = PersonalVault(db, load_personal_key(paths.personal_key, create=True))
+        self.vault = PersonalVault(db, master)
+        self._chain = ChainCommitter(db, key, self.vault, close_timeout_s=close_timeout_s,
+                                     closing_at=lambda: self._closing_at)
+        # queued records are sealed and committed by a child process (``offload``), or
+        # by the writer thread itself
+        self._sealer = (SealingProcess(db.url, key, master, close_timeout_s=close_timeout_s,
+                                       fallback=self._chain,
+                                       erasures=lambda: self.vault.erasures,
+                                       log_level=log_level) if seal_process else None)
+        self._sink: ChainCommitter | SealingProcess = self._sealer or self._chain
         self._checkpoints = Checkpointer(paths, load_signing_key(paths), every=checkpoint_every,
                                          interval_s=checkpoint_s, syslog_address=syslog_address)
         self.folder = Folder(fold_s)
@@ -105,7 +119,8 @@ class AuditLog:
             "checkpoint_every": settings.audit_checkpoint_every,
             "checkpoint_s": settings.audit_checkpoint_s,
             "syslog_address": "/dev/log" if settings.audit_syslog else None,
-            "fold_s": settings.audit_fold_s}
+            "fold_s": settings.audit_fold_s,
+            "seal_process": settings.audit_seal_process, "log_level": settings.log_level}
         kw.update(overrides)
         return cls(db, AuditPaths.under(settings.data_dir), **kw)
 
@@ -122,11 +137,11 @@ class AuditLog:
             self.vault.seal(rows, [rec.text for rec in records], session)
             prepared = [(row, body(row)) for row in rows]
             if session is not None:
-                chain.append_in_session(session, self._key, prepared)
+                chain.append_in_session(session, self._chain.key, prepared)
             else:
-                self._commit(prepared)
+                self._chain.commit(prepared)
         except chain.DB_ERRORS as exc:
-            raise AuditError(f"the audit record could not be written: {_reason(exc)}") from None
+            raise AuditError(f"the audit record could not be written: {reason(exc)}") from None
         for rec, (row, _) in zip(records, prepared, strict=True):
             rec.seq, rec.hash = row["seq"], row["hash"]
         return [rec.seq for rec in records]  # type: ignore[misc]
@@ -175,6 +190,8 @@ class AuditLog:
             already = self._closing
             if not already:
                 self._closing_at = time.monotonic()
+                if self._sealer is not None:  # the child gives up on the same clock
+                    self._sealer.closing.value = self._closing_at
             self._closing = True
             self._work.notify()
         if not already:
@@ -253,6 +270,8 @@ class AuditLog:
         try:
             self._housekeeping(final=True)
         finally:
+            if self._sealer is not None:
+                self._sealer.close()
             self._checkpoints.close()
 
     def _housekeeping(self, *, final: bool) -> None:
@@ -264,18 +283,24 @@ class AuditLog:
                 with self._db.engine.connect() as conn:
                     seq, hash_hex = chain.read_head(conn)
             except chain.DB_ERRORS as exc:  # a checkpoint can wait for the next round
-                log.warning("audit checkpoint skipped: %s", _reason(exc))
+                log.warning("audit checkpoint skipped: %s", reason(exc))
                 return
             if self._checkpoints.due(seq, force=final):
                 self._checkpoints.write(seq, hash_hex)
 
     def _write(self, batch: list[Record], *, submitted: bool = True) -> None:
-        prepared = self._prepare(batch)
-        last_hash = self._retry(prepared)
-        if last_hash is None:  # given up while closing
+        if self._failure is not None:  # given up while closing: so is every later batch
             return
-        for rec, (row, _) in zip(batch, prepared, strict=True):
-            rec.seq, rec.hash = row["seq"], row["hash"]
+        pairs = self._sink.write(batch)
+        if pairs is None:  # given up while closing
+            with self._lock:
+                self._failure = (f"{self.pending} audit record(s) could not be committed "
+                                 f"before shutdown: the database stayed unreachable")
+                self._progress.notify_all()
+            log.error("%s", self._failure)
+            return
+        for rec, (seq, hash_hex) in zip(batch, pairs, strict=True):
+            rec.seq, rec.hash = seq, hash_hex
         if submitted:
             with self._lock:
                 self._done += len(batch)
@@ -285,90 +310,6 @@ class AuditLog:
                 self._on_commit(batch)
             except Exception:
                 log.exception("audit on_commit callback failed")
-        seq = prepared[-1][0]["seq"]
+        seq, last_hash = pairs[-1]
         if self._checkpoints.due(seq):
             self._checkpoints.write(seq, last_hash)
-
-    def _prepare(self, batch: list[Record]) -> list[chain.Prepared]:
-        """Normalise, seal the personal fields, and compute the canonical bodies. A record
-        that cannot be stored becomes one that says so; keys the vault cannot reach yet
-        (the database is down) are waited for as a commit would be."""
-        rows = [_normalised(rec) for rec in batch]
-        delay = 0.05
-        while True:
-            try:
-                self.vault.seal(rows, [rec.text for rec in batch])
-                break
-            except chain.DB_ERRORS as exc:
-                if self._closing and time.monotonic() - self._closing_at > self._close_timeout_s:
-                    for row in rows:  # sealed under no key is no record: keep them out
-                        row["client_addr"] = row["purpose"] = None
-                        row["personal"] = None
-                        row["detail"] = {**row["detail"], "audit_error": "personal fields "
-                                         "dropped: no subject key could be made"}
-                    break
-                log.error("audit subject keys not reachable yet (retrying in %.2f s): %s",
-                          delay, _reason(exc))
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        return [(row, body(row)) for row in rows]
-
-    def _retry(self, prepared: list[chain.Prepared]) -> str | None:
-        delay = 0.05
-        attempted: tuple[int, str] | None = None
-        while self._failure is None:
-            try:
-                return self._commit(prepared, attempted)
-            except Exception as exc:  # noqa: BLE001 - whatever failed, the records stay
-                last = prepared[-1][0]
-                if "hash" in last:
-                    attempted = (last["seq"], last["hash"])
-                log.error("audit records not committed yet (%d; retrying in %.2f s): %s",
-                          len(prepared), delay, _reason(exc))
-            if self._closing and time.monotonic() - self._closing_at > self._close_timeout_s:
-                with self._lock:
-                    self._failure = (f"{self.pending} audit record(s) could not be committed "
-                                     f"before shutdown: the database stayed unreachable")
-                    self._progress.notify_all()
-                log.error("%s", self._failure)
-                return None
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
-        return None  # given up already: shut down without waiting again
-
-    def _commit(self, prepared: list[chain.Prepared],
-                attempted: tuple[int, str] | None = None) -> str:
-        """One transaction: lock the head, seal, insert, count the usage (``rollup``), move
-        the head; the last hash.
-        ``attempted``: the last (seq, hash) of an earlier try whose commit may have gone
-        through unanswered; if the database holds it, that try did commit."""
-        usage = rollup.aggregate(row for row, _ in prepared)  # summed before the lock
-        with chain.locked(self._db.engine) as tx:  # on the driver: see ``chain``
-            if attempted is not None and tx.holds(*attempted):
-                return attempted[1]  # (rolled back as the connection goes back)
-            last = chain.seal_rows(self._key, tx.seq, tx.prev, prepared)
-            tx.insert([row for row, _ in prepared])
-            tx.upsert(usage)  # the usage table commits with its records
-            tx.move_head(tx.seq + len(prepared), last)
-            tx.commit()
-        return last.hex()
-
-
-def _normalised(rec: Record) -> dict[str, Any]:
-    try:
-        return normalise(rec)
-    except Exception as exc:  # noqa: BLE001 - keep the event, say what was not stored
-        why = exc.message if isinstance(exc, AuditError) else type(exc).__name__
-        return normalise(Record(
-            action=str(rec.action)[:64] or "unknown", decision=rec.decision, status=None,
-            actor=_str(rec.actor), tenant_id=_str(rec.tenant_id),
-            request_id=_str(rec.request_id), detail={"audit_error": why[:500]}))
-
-
-def _str(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _reason(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None)
-    return " ".join(str(orig if orig is not None else exc).split())[:300]

@@ -77,6 +77,7 @@ class PersonalVault:
         # subject -> (kid, AESGCM, fetched_at) for sealing; kid -> AESGCM | None for opening
         self._live: OrderedDict[str, tuple[str, AESGCM, float]] = OrderedDict()
         self._by_kid: OrderedDict[str, tuple[AESGCM | None, float]] = OrderedDict()
+        self.erasures = 0  # erase calls so far: a sealing process forgets its keys on a change
 
     # --- sealing ----------------------------------------------------------------------------
     def seal(self, rows: Sequence[dict[str, Any]],
@@ -225,7 +226,14 @@ class PersonalVault:
             for s in subjects:
                 self._live.pop(s, None)
             self._by_kid.clear()
+            self.erasures += 1
         return int(done.rowcount or 0)
+
+    def forget(self) -> None:
+        """Drop every cached key (another process erased some)."""
+        with self._lock:
+            self._live.clear()
+            self._by_kid.clear()
 
     @staticmethod
     def anonymous_before(executor: Executor, day: datetime) -> list[str]:

@@ -35,6 +35,11 @@ class AuditFields(BaseModel):
     audit_syslog: bool = Field(
         False, description="Also send every audit checkpoint to syslog (/dev/log), so a copy "
         "is kept off the host where syslog forwards it.")
+    audit_seal_process: bool = Field(
+        True, description="Seal and commit queued audit records (inference requests') in a "
+        "child process of each gateway process, beside its event loop rather than taking "
+        "turns with it for Python's interpreter lock (more requests per second on a "
+        "machine with a spare core). Off: in a thread of the gateway process.")
     audit_fold_s: float = Field(
         1.0, gt=0, le=3600, description="Identical refusals (same actor, key, client, action "
         "and status) within this many seconds are folded into one audit record with a count.")

@@ -1,0 +1,138 @@
+"""``ChainCommitter``: one batch of records normalised, sealed and committed, retrying.
+
+What the writer (``writer.AuditLog``) does with each group of queued records, in whatever
+process does it (its own thread, or the sealing process of ``offload``): normalise each
+record (one that cannot be stored becomes one that says so), seal its personal fields
+under the data subject's key (``privacy.vault``), compute the canonical bodies, then one
+transaction that locks the head, gives the records their seq and HMAC, inserts them, adds
+their usage (``rollup``) and moves the head. If the database fails the batch is retried
+with backoff until it commits; a commit whose answer was lost is recognised (its last
+record is stored with its hash) and not written twice. Only while the log is closing, and
+``close_timeout_s`` after it began, is a batch given up (``write`` returns None).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from autoglm.audit import chain, rollup
+from autoglm.audit.record import Record, body, normalise
+from autoglm.errors import AuditError
+from autoglm.privacy.vault import PersonalVault
+from autoglm.store.db import Database
+
+log = logging.getLogger(__name__)
+Sealed = list[tuple[int, str]]  # each record's (seq, hash), in order
+OnAttempt = Callable[[Sealed], None]
+
+
+class ChainCommitter:
+    """``closing_at``: when the log began to close (``time.monotonic``), 0 while open."""
+
+    def __init__(self, db: Database, key: bytes, vault: PersonalVault, *,
+                 close_timeout_s: float, closing_at: Callable[[], float]) -> None:
+        self.db = db
+        self.key = key
+        self.vault = vault
+        self._close_timeout_s = close_timeout_s
+        self._closing_at = closing_at
+        self.given_up = False  # a batch was given up while closing: so is every later one
+
+    def write(self, batch: list[Record], attempted: Sealed | None = None,
+              on_attempt: OnAttempt | None = None) -> Sealed | None:
+        """Commit ``batch``; each record's (seq, hash), or None if given up while closing.
+        ``attempted``: the pairs of an earlier try of this batch that may have committed
+        unanswered (by a process that died since): if the database holds its last one, that
+        try did commit and its pairs are the answer. ``on_attempt`` is told the pairs of
+        each try just before its commit."""
+        prepared = self.prepare(batch)
+        delay = 0.05
+        while not self.given_up:
+            try:
+                last = attempted[-1] if attempted else None
+                if self.commit(prepared, last, on_attempt) is None:
+                    return attempted  # the earlier try did commit: its pairs stand
+                return _pairs(prepared)
+            except Exception as exc:  # noqa: BLE001 - whatever failed, the records stay
+                if "hash" in prepared[-1][0]:
+                    attempted = _pairs(prepared)
+                log.error("audit records not committed yet (%d; retrying in %.2f s): %s",
+                          len(prepared), delay, reason(exc))
+            if self._past_close():
+                self.given_up = True
+                return None
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        return None
+
+    def prepare(self, batch: list[Record]) -> list[chain.Prepared]:
+        """Normalise, seal the personal fields, and compute the canonical bodies. Keys the
+        vault cannot reach yet (the database is down) are waited for as a commit would be."""
+        rows = [_normalised(rec) for rec in batch]
+        delay = 0.05
+        while True:
+            try:
+                self.vault.seal(rows, [rec.text for rec in batch])
+                break
+            except chain.DB_ERRORS as exc:
+                if self._past_close():
+                    for row in rows:  # sealed under no key is no record: keep them out
+                        row["client_addr"] = row["purpose"] = None
+                        row["personal"] = None
+                        row["detail"] = {**row["detail"], "audit_error": "personal fields "
+                                         "dropped: no subject key could be made"}
+                    break
+                log.error("audit subject keys not reachable yet (retrying in %.2f s): %s",
+                          delay, reason(exc))
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        return [(row, body(row)) for row in rows]
+
+    def commit(self, prepared: list[chain.Prepared], attempted: tuple[int, str] | None = None,
+               on_attempt: OnAttempt | None = None) -> str | None:
+        """One transaction: lock the head, seal, insert, count the usage (``rollup``), move
+        the head; the last hash, or None if ``attempted`` (the last (seq, hash) of an
+        earlier try) is stored: that try did commit, unanswered."""
+        usage = rollup.aggregate(row for row, _ in prepared)  # summed before the lock
+        with chain.locked(self.db.engine) as tx:  # on the driver: see ``chain``
+            if attempted is not None and tx.holds(*attempted):
+                return None  # (rolled back as the connection goes back)
+            last = chain.seal_rows(self.key, tx.seq, tx.prev, prepared)
+            tx.insert([row for row, _ in prepared])
+            tx.upsert(usage)  # the usage table commits with its records
+            tx.move_head(tx.seq + len(prepared), last)
+            if on_attempt is not None:
+                on_attempt(_pairs(prepared))
+            tx.commit()
+        return last.hex()
+
+    def _past_close(self) -> bool:
+        at = self._closing_at()
+        return at > 0 and time.monotonic() - at > self._close_timeout_s
+
+
+def _pairs(prepared: list[chain.Prepared]) -> Sealed:
+    return [(row["seq"], row["hash"]) for row, _ in prepared]
+
+
+def _normalised(rec: Record) -> dict[str, Any]:
+    try:
+        return normalise(rec)
+    except Exception as exc:  # noqa: BLE001 - keep the event, say what was not stored
+        why = exc.message if isinstance(exc, AuditError) else type(exc).__name__
+        return normalise(Record(
+            action=str(rec.action)[:64] or "unknown", decision=rec.decision, status=None,
+            actor=_str(rec.actor), tenant_id=_str(rec.tenant_id),
+            request_id=_str(rec.request_id), detail={"audit_error": why[:500]}))
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return " ".join(str(orig if orig is not None else exc).split())[:300]

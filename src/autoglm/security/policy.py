@@ -19,9 +19,8 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -59,8 +58,7 @@ class PolicyDoc(BaseModel):
             raise ValueError(f"unknown role(s): {', '.join(unknown)}; roles are {', '.join(ROLES)}")
 
 
-@dataclass(frozen=True)
-class Resource:
+class Resource(NamedTuple):  # made per request: a tuple is the cheapest to make
     """What an action is about. ``None`` fields mean 'not tied to one'."""
 
     tenant_id: str | None = None
@@ -71,15 +69,25 @@ class Resource:
 
 
 class Policy:
+    """A parsed policy; never changed once made (a reload makes a new one), so what it
+    answers for a role, action and scope is remembered."""
+
     def __init__(self, doc: PolicyDoc, source: str) -> None:
         self.doc = doc
         self.source = source
+        self._answers: dict[tuple[str, str, Scope], bool] = {}
 
     def role_allows(self, role: str, action: str, scope: Scope) -> bool:
-        for rule in self.doc.roles.get(role, []):
-            if rule.scope == scope and any(fnmatch.fnmatchcase(action, a) for a in rule.actions):
-                return True
-        return False
+        key = (role, action, scope)
+        found = self._answers.get(key)
+        if found is None:
+            found = any(rule.scope == scope
+                        and any(fnmatch.fnmatchcase(action, a) for a in rule.actions)
+                        for rule in self.doc.roles.get(role, []))
+            if len(self._answers) >= 4096:  # roles x actions x scopes: a few hundred
+                self._answers.clear()
+            self._answers[key] = found
+        return found
 
 
 MAX_POLICY_BYTES = 1 << 20

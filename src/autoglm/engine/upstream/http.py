@@ -23,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import httptools
@@ -49,8 +50,7 @@ class Timeouts:
     total: float
 
 
-@dataclass(frozen=True)
-class Origin:
+class Origin(NamedTuple):  # a tuple: hashed and compared in C (a pool key, per request)
     scheme: str
     host: str
     port: int
@@ -270,14 +270,16 @@ class HttpClient:
         self._open: set[_Connection] = set()
         self._slots = asyncio.Semaphore(limit)
         self._ssl: ssl.SSLContext | None = None
+        # (method, url) -> origin and the request line with its Host header: the few URLs
+        # of the configured upstreams, parsed once rather than per request
+        self._starts: dict[tuple[str, str], tuple[Origin, str]] = {}
 
     async def request(self, method: str, url: str, headers: dict[str, str], body: bytes = b"",
                       *, timeouts: Timeouts | None = None) -> Response:
         """Send; return once the status and headers are in (the body is still to read)."""
         t = timeouts or self.timeouts
-        origin, target = Origin.of(url)
-        head = [f"{method} {target} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
-                f"Content-Length: {len(body)}\r\n"]
+        origin, start = self._start_of(method, url)
+        head = [start, f"Content-Length: {len(body)}\r\n"]
         head += [f"{k}: {v}\r\n" for k, v in headers.items()]
         head.append("\r\n")
         data = "".join(head).encode("latin-1") + body
@@ -303,6 +305,16 @@ class HttpClient:
                 raise
             return response
         raise ConnectError("unreachable")  # the loop returns or raises
+
+    def _start_of(self, method: str, url: str) -> tuple[Origin, str]:
+        found = self._starts.get((method, url))
+        if found is None:
+            origin, target = Origin.of(url)
+            found = (origin, f"{method} {target} HTTP/1.1\r\nHost: {origin.host_header}\r\n")
+            if len(self._starts) >= 256:  # not a handful of upstreams: keep it bounded
+                self._starts.clear()
+            self._starts[(method, url)] = found
+        return found
 
     def _pooled(self, origin: Origin) -> _Connection | None:
         idle = self._idle.get(origin)

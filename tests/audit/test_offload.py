@@ -209,3 +209,19 @@ def test_records_keep_coming_while_the_child_restarts(db: Database, paths: Audit
     assert not log._sealer.in_thread  # noqa: SLF001 - two deaths, each followed by a batch
     assert count(db) == sent and len(request_ids(db)) == sent
     assert verify(db, paths).intact
+
+
+def test_warm_starts_the_child_before_any_record(db: Database, paths: AuditPaths) -> None:
+    """A server warms its log as it starts: the first request's record then waits for no
+    process start (about a second on a small machine)."""
+    log = AuditLog(db, paths, seal_process=True)
+    assert log._sealer.pid is None  # noqa: SLF001 - nothing started by making the log
+    log.warm()
+    pid = sealer_pid(log)
+    log.submit(rec(1))
+    log.flush(timeout_s=30)
+    assert log._sealer.pid == pid and count(db) == 1  # noqa: SLF001
+    log.close()
+    thread_log = AuditLog(db, paths)
+    thread_log.warm()  # without a sealing process: nothing to start
+    thread_log.close()

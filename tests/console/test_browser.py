@@ -8,8 +8,10 @@ is checked for a label and reached by keyboard on the sign-in page."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -166,8 +168,15 @@ async def test_the_console_in_chromium(server: ServerProcess, attacker: str) -> 
             assert await page.evaluate("window.chunks") >= 2
             await _shot(page, "06-playground")
 
-            # the usage chart holds the request just made; the audit chain verifies
-            await page.goto(f"{base}/console/usage?group=model")
+            # the usage chart holds the request just made (once its record's group commit
+            # is in: audit_flush_ms, through the sealing process); the audit chain verifies
+            deadline = time.monotonic() + 10
+            while True:
+                await page.goto(f"{base}/console/usage?group=model")
+                if await page.locator("#usage-chart rect").count() >= 2 \
+                        or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
             assert await page.locator("#usage-chart rect").count() >= 2
             assert await page.locator(f"#usage-table td:text-is('{MODEL}')").count() >= 1
             await _shot(page, "07-usage")

@@ -1,7 +1,8 @@
 """Admin calls never stall token streams: while 200 refused admin calls a second hammer the
 gateway (each refusal writes an audit row), a running stream's p95 gap between tokens
-stays within 30% of the quiet figure (medians over five rounds; about 1.1 on a quiet
-machine, and shared CI machines add their own noise). Before, each admin handler ran its
+stays within 35% of the quiet figure (the median over seven rounds of each loaded
+stream's p95 against the quiet stream before it; about 1.1 on a quiet machine, and shared CI
+machines add their own noise: 1.13 to 1.29 on a slower shared one, 2026-11-26). Before, each admin handler ran its
 database work on the event loop, so every query delayed every stream's next token: 1.46."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.e2e
 
 RATE = 200  # refused admin calls per second
 HAMMERS = 4  # connections (keep-alive), RATE / HAMMERS each
-ROUNDS = 5  # quiet and loaded streams alternate; the medians are compared
+ROUNDS = 7  # quiet and loaded streams alternate; the pairs' ratios are compared
 STREAM = {"model": MODEL, "stream": True, "max_tokens": 120, "temperature": 0, "seed": 1,
           "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}]}
 
@@ -113,7 +114,11 @@ def test_refused_admin_calls_do_not_stall_a_running_stream(srv: ServerProcess) -
         rates.append(hammer.rate)
         assert set(hammer.statuses) == {404}, set(hammer.statuses)
     q, l = statistics.median(quiet), statistics.median(loaded)
+    # each loaded stream against the quiet one just before it: a machine that slows down
+    # or speeds up between rounds (shared CI hosts do) moves both of a pair alike
+    ratio = statistics.median(b / a for a, b in zip(quiet, loaded))
     print(f"p95 token gap: quiet {q * 1e3:.1f} ms, under {RATE}/s refused admin calls "
-          f"{l * 1e3:.1f} ms (ratio {l / q:.2f}); hammer rates {[round(r) for r in rates]}")
+          f"{l * 1e3:.1f} ms (median ratio of the pairs {ratio:.2f}); hammer rates "
+          f"{[round(r) for r in rates]}")
     assert min(rates) >= RATE * 0.85, rates
-    assert l <= q * 1.3, (quiet, loaded)
+    assert ratio <= 1.35, (quiet, loaded)

@@ -124,6 +124,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         run_dir.mkdir(mode=0o700)
         rpc = None
+        audit.warm()  # its sealing process starts now, not with the first request's record
         try:
             async def start(model: str, engine: Engine) -> None:
                 # one start of a model per host at a time, across processes (with Redis)

@@ -107,6 +107,15 @@ class SealingProcess:
                           _why(code, exc))
                 time.sleep(0.05 * self._deaths)
 
+    def warm(self) -> None:
+        """Start the child now (from the writer thread, the only one that talks to it)."""
+        if self.in_thread or self._conn is not None:
+            return
+        try:
+            self._start()
+        except OSError as exc:  # the first batch tries again, and counts it
+            log.warning("the audit sealing process could not be started yet: %s", exc)
+
     def close(self) -> None:
         """Let the child finish and exit (it has no batch by now: the writer thread has
         stopped); kill it if it does not within a few seconds."""
@@ -132,10 +141,10 @@ class SealingProcess:
                                  name="autoglm-audit-sealer", daemon=True)
         try:
             proc.start()
-        except Exception:
+        except Exception as exc:  # no fork server, no memory: counted as a death
             mine.close()
             theirs.close()
-            raise
+            raise OSError(f"{type(exc).__name__}: {exc}") from exc
         theirs.close()
         self._proc, self._conn = proc, mine
         return mine

@@ -103,6 +103,7 @@ class AuditLog:
         self._submitted = 0
         self._done = 0
         self._flush_now = False
+        self._warm = False  # the writer thread is to start the sealing process now
         self._closing = False
         self._closing_at = 0.0
         self._failure: str | None = None  # why records were given up (only while closing)
@@ -176,6 +177,15 @@ class AuditLog:
             if self.strict:
                 self._wait_done(self._submitted, self._submit_timeout_s, "its commit")
 
+    def warm(self) -> None:
+        """Start the sealing process (``seal_process``) now, in the writer thread, rather
+        than with the first queued record (a server calls this as it starts)."""
+        if self._sealer is None:
+            return
+        with self._lock:
+            self._warm = True
+            self._work.notify()
+
     def flush(self, timeout_s: float | None = None) -> None:
         """Return once every record submitted before the call is committed."""
         with self._lock:
@@ -236,9 +246,13 @@ class AuditLog:
         next_tick = time.monotonic() + tick
         while True:
             with self._lock:
-                while not self._queue and not self._closing:
+                while not self._queue and not self._closing and not self._warm:
                     if not self._work.wait(max(0.0, next_tick - time.monotonic())):
                         break
+                warm, self._warm = self._warm, False
+            if warm and self._sealer is not None:
+                self._sealer.warm()
+            with self._lock:
                 if self._queue and not (self.strict or self._closing):
                     # flush_ms after the first record came, and no sooner than flush_ms
                     # after the last commit: under load batches grow instead of running

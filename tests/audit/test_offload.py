@@ -11,7 +11,6 @@ import signal
 import threading
 import time
 
-import psycopg
 import pytest
 from sqlalchemy import select
 
@@ -21,7 +20,8 @@ from autoglm.audit.offload import MAX_DEATHS
 from autoglm.errors import AuditError
 from autoglm.store.db import Database
 from autoglm.store.models import AuditRecord
-from tests.audit.test_writer import count, head_locked, rec, request_ids
+from tests.audit.test_writer import (count, head_locked, rec, request_ids,
+                                     submit_killing_connections)
 
 
 def sealer_pid(log: AuditLog, other_than: int | None = None, timeout_s: float = 20) -> int:
@@ -131,19 +131,7 @@ def test_lost_connections_in_the_child_are_retried(paths: AuditPaths) -> None:
         db = Database(url)
         db.upgrade()
         log = AuditLog(db, paths, flush_ms=2, seal_process=True)
-        name = url.rsplit("/", 1)[1]
-        kills = 0
-        with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres",
-                             autocommit=True) as admin:
-            for i in range(2_000):
-                log.submit(rec(i))
-                if i % 100 == 50:
-                    kills += len(admin.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = %s AND pid <> pg_backend_pid()", (name,)).fetchall())
-                    time.sleep(0.003)
-            log.close()
-        assert kills
+        assert submit_killing_connections(log, url, 2_000)  # the child's connections
         assert count(db) == 2_000 and len(request_ids(db)) == 2_000
         assert verify(db, paths).intact
         db.close()

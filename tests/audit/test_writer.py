@@ -170,6 +170,24 @@ def test_strict_submit_fails_when_its_commit_does_not_come(db_url: str, db: Data
     assert count(db) == 1  # it was still written once the lock went
 
 
+def submit_killing_connections(log: AuditLog, url: str, n: int) -> int:
+    """Submit ``n`` records, killing every other connection to ``url``'s database (the
+    writer's) now and then; close the log. How many connections were killed."""
+    name = url.rsplit("/", 1)[1]
+    kills = 0
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres",
+                         autocommit=True) as admin:
+        for i in range(n):
+            log.submit(rec(i))
+            if i % 100 == 50:
+                kills += len(admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()", (name,)).fetchall())
+                time.sleep(0.003)
+        log.close()
+    return kills
+
+
 def test_lost_connections_are_retried_without_duplicates(paths: AuditPaths, caplog) -> None:
     """PostgreSQL: every connection of the writer is killed now and then while it
     writes; everything still arrives once, in one chain."""
@@ -179,18 +197,8 @@ def test_lost_connections_are_retried_without_duplicates(paths: AuditPaths, capl
         db = Database(url)
         db.upgrade()
         log = AuditLog(db, paths, flush_ms=2)
-        name = url.rsplit("/", 1)[1]
-        kills = 0
-        with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres",
-                             autocommit=True) as admin, caplog.at_level(logging.ERROR):
-            for i in range(3_000):
-                log.submit(rec(i))
-                if i % 100 == 50:
-                    kills += len(admin.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = %s AND pid <> pg_backend_pid()", (name,)).fetchall())
-                    time.sleep(0.003)
-            log.close()
+        with caplog.at_level(logging.ERROR):
+            kills = submit_killing_connections(log, url, 3_000)
         retried = [r for r in caplog.records if "not committed yet" in r.getMessage()]
         assert kills and retried  # the writer did lose connections, and tried again
         assert count(db) == 3_000 and len(request_ids(db)) == 3_000

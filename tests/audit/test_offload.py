@@ -108,18 +108,20 @@ def test_children_that_keep_dying_leave_the_work_to_the_thread(db_url: str, db: 
 def test_a_try_that_committed_unanswered_is_not_written_again(db: Database,
                                                               paths: AuditPaths) -> None:
     """What the gateway does when its child died between committing and answering: the
-    batch goes again with the pairs the child said it was committing."""
+    batch goes again with the try the child left in the shared slot (first seq, last seq,
+    last hash), and the answer is the stored pairs."""
     log = AuditLog(db, paths)
     committer: ChainCommitter = log._chain  # noqa: SLF001
     said: list = []
     batch = [rec(i) for i in range(5)]
-    assert committer.write(batch, on_attempt=said.append) == said[-1]
+    sealed = committer.write(batch, on_attempt=said.append)
+    assert sealed is not None and said[-1] == (1, 5, sealed[1][-1]) and sealed[0] == 1
     again = [rec(i) for i in range(5)]
-    assert committer.write(again, attempted=said[-1]) == said[-1]
+    assert committer.write(again, attempted=said[-1]) == sealed
     assert count(db) == 5
-    # pairs that were never committed: the batch is written (after what is there)
-    other = committer.write([rec(9)], attempted=[(6, "00" * 32)])
-    assert other is not None and other[0][0] == 6 and count(db) == 6
+    # a try that never committed: the batch is written (after what is there)
+    other = committer.write([rec(9)], attempted=(6, 6, "00" * 32))
+    assert other is not None and other[0] == 6 and count(db) == 6
     log.close()
     assert verify(db, paths).intact
 

@@ -49,11 +49,15 @@ _DRIVER_SQL = {
     "sqlite": {"begin": "BEGIN IMMEDIATE",
                "head": "SELECT seq, hash FROM audit_head WHERE id = 1",
                "move": "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1",
-               "at": "SELECT hash FROM audit_log WHERE seq = ?"},
+               "at": "SELECT hash FROM audit_log WHERE seq = ?",
+               "range": "SELECT seq, hash FROM audit_log WHERE seq BETWEEN ? AND ? "
+                        "ORDER BY seq"},
     "postgresql": {"begin": "SET LOCAL lock_timeout = '5s'",
                    "head": "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
                    "move": "UPDATE audit_head SET seq = %s, hash = %s WHERE id = 1",
-                   "at": "SELECT hash FROM audit_log WHERE seq = %s"},
+                   "at": "SELECT hash FROM audit_log WHERE seq = %s",
+                   "range": "SELECT seq, hash FROM audit_log WHERE seq BETWEEN %s AND %s "
+                            "ORDER BY seq"},
 }
 
 # what a database in trouble raises (COPY runs on the driver's cursor, unwrapped)
@@ -152,6 +156,11 @@ class Append:
         unanswered)."""
         row = self._cursor.execute(self._sql["at"], (seq,)).fetchone()
         return row is not None and row[0] == hash_hex
+
+    def hashes(self, first: int, last: int) -> list[str]:
+        """The stored hashes of records ``first`` to ``last``."""
+        rows = self._cursor.execute(self._sql["range"], (first, last)).fetchall()
+        return [str(hash_hex) for _, hash_hex in rows]
 
     def insert(self, rows: Sequence[dict[str, Any]]) -> None:
         _insert(self._cursor, self.sqlite, rows)

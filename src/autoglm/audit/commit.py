@@ -25,8 +25,9 @@ from autoglm.privacy.vault import PersonalVault
 from autoglm.store.db import Database
 
 log = logging.getLogger(__name__)
-Sealed = list[tuple[int, str]]  # each record's (seq, hash), in order
-OnAttempt = Callable[[Sealed], None]
+Sealed = tuple[int, list[str]]  # a committed batch: its first seq, each record's hash
+Attempt = tuple[int, int, str]  # one try of a batch: its first seq, last seq and last hash
+OnAttempt = Callable[[Attempt], None]
 
 
 class ChainCommitter:
@@ -41,24 +42,23 @@ class ChainCommitter:
         self._closing_at = closing_at
         self.given_up = False  # a batch was given up while closing: so is every later one
 
-    def write(self, batch: list[Record], attempted: Sealed | None = None,
+    def write(self, batch: list[Record], attempted: Attempt | None = None,
               on_attempt: OnAttempt | None = None) -> Sealed | None:
-        """Commit ``batch``; each record's (seq, hash), or None if given up while closing.
-        ``attempted``: the pairs of an earlier try of this batch that may have committed
-        unanswered (by a process that died since): if the database holds its last one, that
-        try did commit and its pairs are the answer. ``on_attempt`` is told the pairs of
-        each try just before its commit."""
+        """Commit ``batch``; its first seq and each record's hash, or None if given up while
+        closing.
+        ``attempted``: an earlier try of this batch that may have committed unanswered (by
+        a process that died since): if the database holds its last record, that try did
+        commit and its stored pairs are the answer. ``on_attempt`` is told each try just
+        before its commit."""
         prepared = self.prepare(batch)
         delay = 0.05
         while not self.given_up:
             try:
-                last = attempted[-1] if attempted else None
-                if self.commit(prepared, last, on_attempt) is None:
-                    return attempted  # the earlier try did commit: its pairs stand
-                return _pairs(prepared)
+                earlier = self.commit(prepared, attempted, on_attempt)
+                return earlier if earlier is not None else _sealed(prepared)
             except Exception as exc:  # noqa: BLE001 - whatever failed, the records stay
                 if "hash" in prepared[-1][0]:
-                    attempted = _pairs(prepared)
+                    attempted = _attempt(prepared)
                 log.error("audit records not committed yet (%d; retrying in %.2f s): %s",
                           len(prepared), delay, reason(exc))
             if self._past_close():
@@ -91,31 +91,37 @@ class ChainCommitter:
                 delay = min(delay * 2, 2.0)
         return [(row, body(row)) for row in rows]
 
-    def commit(self, prepared: list[chain.Prepared], attempted: tuple[int, str] | None = None,
-               on_attempt: OnAttempt | None = None) -> str | None:
+    def commit(self, prepared: list[chain.Prepared], attempted: Attempt | None = None,
+               on_attempt: OnAttempt | None = None) -> Sealed | None:
         """One transaction: lock the head, seal, insert, count the usage (``rollup``), move
-        the head; the last hash, or None if ``attempted`` (the last (seq, hash) of an
-        earlier try) is stored: that try did commit, unanswered."""
+        the head. None once committed; if the database holds the last record of
+        ``attempted`` (an earlier try), that try did commit, unanswered: nothing is written
+        and what it stored is returned."""
         usage = rollup.aggregate(row for row, _ in prepared)  # summed before the lock
         with chain.locked(self.db.engine) as tx:  # on the driver: see ``chain``
-            if attempted is not None and tx.holds(*attempted):
-                return None  # (rolled back as the connection goes back)
+            if attempted is not None and tx.holds(attempted[1], attempted[2]):
+                return attempted[0], tx.hashes(attempted[0], attempted[1])  # (rolled back)
             last = chain.seal_rows(self.key, tx.seq, tx.prev, prepared)
             tx.insert([row for row, _ in prepared])
             tx.upsert(usage)  # the usage table commits with its records
             tx.move_head(tx.seq + len(prepared), last)
             if on_attempt is not None:
-                on_attempt(_pairs(prepared))
+                on_attempt(_attempt(prepared))
             tx.commit()
-        return last.hex()
+        return None
 
     def _past_close(self) -> bool:
         at = self._closing_at()
         return at > 0 and time.monotonic() - at > self._close_timeout_s
 
 
-def _pairs(prepared: list[chain.Prepared]) -> Sealed:
-    return [(row["seq"], row["hash"]) for row, _ in prepared]
+def _sealed(prepared: list[chain.Prepared]) -> Sealed:
+    return prepared[0][0]["seq"], [row["hash"] for row, _ in prepared]
+
+
+def _attempt(prepared: list[chain.Prepared]) -> Attempt:
+    first, last = prepared[0][0], prepared[-1][0]
+    return first["seq"], last["seq"], last["hash"]
 
 
 def _normalised(rec: Record) -> dict[str, Any]:

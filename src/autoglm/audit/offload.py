@@ -5,7 +5,9 @@ holding the interpreter (the GIL), so the ~20 µs of Python each queued record c
 ``submit`` (normalising, sealing the personal fields, the canonical body, the HMAC, the
 insert) is time the event loop does not serve requests, while the machine's other cores
 idle. ``SealingProcess`` moves that work to a child process: the writer thread hands each
-batch over a pipe as plain tuples and gets back each record's (seq, hash); the child does
+batch over a pipe as plain tuples and gets back the first seq and each record's hash, in
+one message each way per batch (the writer thread's every blocking call hands the GIL
+back and forth with the event loop); the child does
 everything ``commit.ChainCommitter`` does, on its own connection to the same database (the
 chain takes any number of appending processes: see ``chain``). Measured on 2 cores with
 ``bench/gateway.py``: see README, "Gateway overhead".
@@ -15,9 +17,11 @@ their response), checkpoints, folded counts (sent through the child as records),
 ``on_commit``. Nothing acknowledged is lost to the child:
 
 - a record is acknowledged only once the child says its batch committed;
-- before each commit the child sends the pairs it is about to commit; if it dies before
-  answering, a new child is started and given the batch again with those pairs, and if
-  the database holds the last of them the batch is not written twice (``tx.holds``);
+- before each commit the child writes what it is about to commit (the batch's number,
+  first and last seq, last hash) into a slot of shared memory, no message; if it dies
+  before answering, a new child is started and given the batch again with that try, and
+  if the database holds its last record the batch is not written twice (``tx.holds``):
+  the stored hashes are the answer;
 - after three children in a row died before finishing a batch, the writer seals in its
   own thread again (and says so in the log).
 
@@ -31,9 +35,14 @@ end of the pipe, or dies.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
+import os
+import pickle
 import signal
+import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import fields
@@ -41,7 +50,7 @@ from multiprocessing.connection import Connection
 from operator import attrgetter
 from typing import Any
 
-from autoglm.audit.commit import ChainCommitter, Sealed
+from autoglm.audit.commit import Attempt, ChainCommitter, Sealed
 from autoglm.audit.record import Record
 from autoglm.errors import AuditError
 from autoglm.privacy.vault import PersonalVault
@@ -52,6 +61,14 @@ _SENT = tuple(f.name for f in fields(Record) if f.name not in ("seq", "hash"))
 _AS_TUPLE = attrgetter(*_SENT)  # a record as the child rebuilds it: Record(*values)
 MAX_DEATHS = 3  # children dying in a row before a batch is done: seal in-thread again
 JOIN_S = 5.0
+
+
+class _Slot(ctypes.Structure):
+    """Shared with the child: the try of a batch it is about to commit (``batch`` 0 while
+    being written, so a torn slot is no slot)."""
+
+    _fields_ = [("batch", ctypes.c_int64), ("first", ctypes.c_int64),
+                ("last", ctypes.c_int64), ("hash", ctypes.c_char * 64)]
 
 
 class SealingProcess:
@@ -71,6 +88,8 @@ class SealingProcess:
         self._fallback = fallback
         self._erasures = erasures
         self.closing = self._ctx.RawValue("d", 0.0)
+        self._slot = self._ctx.RawValue(_Slot)
+        self._batches = 0  # batches sent: each one's number, for the slot
         self._proc: Any = None  # multiprocessing's Process of the fork-server context
         self._conn: Connection | None = None
         self._deaths = 0
@@ -79,22 +98,28 @@ class SealingProcess:
     def write(self, batch: list[Record]) -> Sealed | None:
         if self.in_thread:
             return self._fallback.write(batch)
-        rows = [_AS_TUPLE(rec) for rec in batch]
-        attempted: Sealed | None = None
+        self._batches += 1
+        number = self._batches
+        rows = list(map(_AS_TUPLE, batch))  # (no Python frame per record: see ``_send``)
+        attempted: Attempt | None = None
         while True:
             try:
                 conn = self._conn if self._conn is not None else self._start()
-                conn.send((self._erasures(), rows, attempted))
-                while True:
-                    kind, value = conn.recv()
-                    if kind == "attempt":  # about to commit these: kept in case it dies
-                        attempted = value
-                    elif kind == "done":  # True: the last attempt committed
-                        self._deaths = 0
-                        return attempted if value else None
-                    else:  # "error": what the child could not do with this batch
-                        raise AuditError(f"the audit sealing process failed: {value}")
+                fd = conn.fileno()
+                _send(fd, pickle.dumps((number, self._erasures(), rows, attempted),
+                                       pickle.HIGHEST_PROTOCOL))
+                reply = pickle.loads(_recv(fd))
+                if reply[0] == "done":
+                    self._deaths = 0
+                    return reply[1]
+                if reply[0] == "given up":
+                    self._deaths = 0
+                    return None
+                raise AuditError(f"the audit sealing process failed: {reply[1]}")
             except (EOFError, OSError) as exc:
+                slot = self._slot
+                if slot.batch == number:  # it was committing this try when it died
+                    attempted = (slot.first, slot.last, slot.hash.decode("ascii"))
                 code = self._reap()
                 self._deaths += 1
                 if self._deaths >= MAX_DEATHS:
@@ -121,7 +146,7 @@ class SealingProcess:
         stopped); kill it if it does not within a few seconds."""
         if self._conn is not None:
             try:
-                self._conn.send(None)
+                _send(self._conn.fileno(), b"")
             except OSError:
                 pass
         if self._proc is not None:
@@ -137,7 +162,9 @@ class SealingProcess:
 
     def _start(self) -> Connection:
         mine, theirs = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_serve, args=(theirs, self.closing, *self._args),
+        _roomy(mine)
+        proc = self._ctx.Process(target=_serve,
+                                 args=(theirs, self.closing, self._slot, *self._args),
                                  name="autoglm-audit-sealer", daemon=True)
         try:
             proc.start()
@@ -165,6 +192,53 @@ class SealingProcess:
         return code
 
 
+# Frames on the pipe (a socket pair): an 8-byte length, then a pickle; empty: "exit".
+# Written and read with one system call each where they fit (the socket's buffers are made
+# roomy): each blocking call lets go of the interpreter lock, and in a busy gateway taking
+# it back means waiting for the event loop's thread, so the writer thread makes few.
+_LEN = struct.Struct("<Q")
+_BUFFER = 4 << 20  # asked of the socket pair (the system may cap it)
+_FIRST_READ = 1 << 16  # most replies and batches of a busy gateway fit
+
+
+def _roomy(conn: Connection) -> None:
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, _BUFFER)
+            except OSError:  # capped by the system: what it allows is still fine
+                pass
+
+
+def _send(fd: int, payload: bytes) -> None:
+    data = memoryview(_LEN.pack(len(payload)) + payload)
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _recv(fd: int) -> bytes:
+    """One frame's payload (EOFError: the other end is gone)."""
+    buf = os.read(fd, _FIRST_READ)
+    while len(buf) < _LEN.size:
+        more = os.read(fd, _LEN.size)
+        if not more:
+            raise EOFError
+        buf += more
+    want = _LEN.size + _LEN.unpack_from(buf)[0]
+    if len(buf) < want:
+        parts, have = [buf], len(buf)
+        while have < want:
+            more = os.read(fd, want - have)
+            if not more:
+                raise EOFError
+            parts.append(more)
+            have += len(more)
+        buf = b"".join(parts)
+    if len(buf) != want:  # one frame at a time each way, never more
+        raise OSError("the audit sealing pipe is out of step")
+    return buf[_LEN.size:]
+
+
 def _why(code: int | None, exc: BaseException) -> str:
     if code is not None and code < 0:
         return f"killed by signal {-code}"
@@ -173,9 +247,9 @@ def _why(code: int | None, exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _serve(conn: Connection, closing: Any, db_url: str, key: bytes, master_key: bytes,
-           close_timeout_s: float, log_level: str | None) -> None:
-    """The child: commit each batch the parent sends until it sends None or goes away."""
+def _serve(conn: Connection, closing: Any, slot: Any, db_url: str, key: bytes,
+           master_key: bytes, close_timeout_s: float, log_level: str | None) -> None:
+    """The child: commit each batch the parent sends until it says "exit" or goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if log_level is not None:
@@ -185,20 +259,24 @@ def _serve(conn: Connection, closing: Any, db_url: str, key: bytes, master_key: 
     vault = PersonalVault(db, master_key)
     committer = ChainCommitter(db, key, vault, close_timeout_s=close_timeout_s,
                                closing_at=lambda: float(closing.value))
+    fd = conn.fileno()
     seen = 0
+    number = 0
 
-    def attempt(pairs: Sealed) -> None:
-        conn.send(("attempt", pairs))
+    def attempt(tried: Attempt) -> None:  # in shared memory: no message, no wake-up
+        slot.batch = 0
+        slot.first, slot.last, slot.hash = tried[0], tried[1], tried[2].encode("ascii")
+        slot.batch = number
 
     try:
         while True:
             try:
-                msg = conn.recv()
-            except EOFError:
+                frame = _recv(fd)
+            except (EOFError, OSError):
                 return  # the gateway is gone
-            if msg is None:
+            if not frame:
                 return
-            erasures, rows, attempted = msg
+            number, erasures, rows, attempted = pickle.loads(frame)
             if erasures != seen:
                 vault.forget()
                 seen = erasures
@@ -207,9 +285,10 @@ def _serve(conn: Connection, closing: Any, db_url: str, key: bytes, master_key: 
                 done = committer.write(batch, attempted, attempt)
             except Exception as exc:  # noqa: BLE001 - said to the parent, which logs it
                 log.exception("audit sealing process error")
-                conn.send(("error", f"{type(exc).__name__}: {exc}"[:500]))
-                continue
-            conn.send(("done", done is not None))
+                reply: tuple[Any, ...] = ("error", f"{type(exc).__name__}: {exc}"[:500])
+            else:
+                reply = ("done", done) if done is not None else ("given up",)
+            _send(fd, pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
     finally:
         conn.close()
         db.engine.dispose()

@@ -15,6 +15,11 @@ class AuditFields(BaseModel):
     audit_flush_ms: int = Field(
         10, ge=0, le=1000, description="Longest a queued audit record (an inference request's) "
         "waits for its group commit, in milliseconds; 0: committed as soon as the writer can.")
+    audit_flush_max_ms: int = Field(
+        50, ge=0, le=5000, description="Under load the pause between group commits of "
+        "queued audit records grows with the last batch (audit_flush_ms per 32 records) up "
+        "to this, in milliseconds: fewer, larger commits, less of the machine spent on "
+        "them. A record then waits up to about this long for its commit.")
     audit_strict: bool = Field(
         False, description="Every response waits until its audit record is committed, so a "
         "crash can lose none (slower). Off: inference records are group-committed within "

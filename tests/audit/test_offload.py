@@ -126,6 +126,42 @@ def test_a_try_that_committed_unanswered_is_not_written_again(db: Database,
     assert verify(db, paths).intact
 
 
+def test_a_child_that_died_after_committing_is_answered_from_the_database(
+        db: Database, paths: AuditPaths) -> None:
+    """The child left its try in the shared slot, committed, and died before answering:
+    the gateway gives the batch to a new child with that try, which finds it stored and
+    answers with the stored hashes instead of writing the batch again."""
+    from autoglm.audit.keys import load_hmac_key, load_personal_key
+    from autoglm.audit.offload import SealingProcess
+    from autoglm.privacy.vault import PersonalVault
+
+    key = load_hmac_key(paths.hmac_key, create=True)
+    master = load_personal_key(paths.personal_key, create=True)
+    committer = ChainCommitter(db, key, PersonalVault(db, master), close_timeout_s=5,
+                               closing_at=lambda: 0.0)
+    sealer = SealingProcess(db.url, key, master, close_timeout_s=5, fallback=committer,
+                            erasures=lambda: 0)
+    tries: list = []
+    sealed = committer.write([rec(i) for i in range(5)], on_attempt=tries.append)
+    assert sealed is not None
+    sealer.warm()
+    pid = sealer.pid
+    assert pid is not None
+    slot = sealer._slot  # noqa: SLF001 - what the dead child had written there
+    slot.batch, slot.first, slot.last = sealer._batches + 1, tries[-1][0], tries[-1][1]  # noqa: SLF001
+    slot.hash = tries[-1][2].encode()
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while sealer._proc.is_alive() and time.monotonic() < deadline:  # noqa: SLF001
+        time.sleep(0.01)
+    assert sealer.write([rec(i) for i in range(5)]) == sealed
+    assert sealer.pid not in (None, pid) and count(db) == 5
+    # a slot left by an earlier batch is not taken for this one's try
+    assert sealer.write([rec(9)])[0] == 6 and count(db) == 6
+    sealer.close()
+    assert verify(db, paths).intact
+
+
 def test_lost_connections_in_the_child_are_retried(paths: AuditPaths) -> None:
     from tests.conftest import pg_database
 

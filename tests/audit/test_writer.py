@@ -318,3 +318,24 @@ def test_one_large_append_is_stored_whole_and_in_order(db: Database, paths: Audi
                             .order_by(AuditRecord.seq)).all()
     assert [(s, r) for s, r in rows] == [(i + 1, f"r-{i}") for i in range(700)]
     assert verify(db, paths).intact
+
+
+def test_under_load_the_pause_between_commits_grows(db: Database, paths: AuditPaths) -> None:
+    """After a large batch the writer waits audit_flush_max_ms before the next commit,
+    after a small one audit_flush_ms (fewer, larger commits while the gateway is busy)."""
+    commits: list[tuple[float, int]] = []
+    log = AuditLog(db, paths, flush_ms=10, flush_max_ms=80,
+                   on_commit=lambda batch: commits.append((time.monotonic(), len(batch))))
+    assert log._gap(5) == 0.010 and log._gap(64) == 0.020  # noqa: SLF001
+    assert log._gap(10_000) == 0.080  # noqa: SLF001
+    for i in range(500):
+        log.submit(rec(i))
+    log.flush(timeout_s=30)
+    log.submit(rec(500))  # no flush (it commits at once): the writer's own pace
+    deadline = time.monotonic() + 10
+    while log.pending and time.monotonic() < deadline:
+        time.sleep(0.002)
+    log.close()
+    assert sum(n for _, n in commits) == 501
+    assert commits[-2][1] >= 32 and commits[-1][1] == 1
+    assert commits[-1][0] - commits[-2][0] >= 0.075

@@ -48,7 +48,7 @@ class ChainCommitter:
         closing.
         ``attempted``: an earlier try of this batch that may have committed unanswered (by
         a process that died since): if the database holds its last record, that try did
-        commit and its stored pairs are the answer. ``on_attempt`` is told each try just
+        commit and its stored hashes are the answer. ``on_attempt`` is told each try just
         before its commit."""
         prepared = self.prepare(batch)
         delay = 0.05

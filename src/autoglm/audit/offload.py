@@ -100,7 +100,7 @@ class SealingProcess:
             return self._fallback.write(batch)
         self._batches += 1
         number = self._batches
-        rows = list(map(_AS_TUPLE, batch))  # in C, no Python frame per record (``_stamp``)
+        rows = [_AS_TUPLE(rec) for rec in batch]
         attempted: Attempt | None = None
         while True:
             try:

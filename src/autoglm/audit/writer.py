@@ -42,7 +42,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from itertools import repeat
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -65,7 +64,8 @@ OnCommit = Callable[[list[Record]], None]
 
 class AuditLog:
     def __init__(self, db: Database, paths: AuditPaths, *, flush_ms: int = 10,
-                 flush_max_ms: int = 50, strict: bool = False, queue_max: int = 100_000, batch_max: int = 10_000,
+                 flush_max_ms: int = 50, strict: bool = False, queue_max: int = 100_000,
+                 batch_max: int = 10_000,
                  submit_timeout_s: float = 10.0, checkpoint_every: int = 10_000,
                  checkpoint_s: float = 60.0, syslog_address: str | None = None,
                  fold_s: float = 1.0, close_timeout_s: float = 30.0,
@@ -344,11 +344,6 @@ class AuditLog:
 
 
 def _stamp(batch: list[Record], first: int, hashes: list[str]) -> None:
-    """Each record's seq and hash, set with no Python frame per record (``map`` and
-    ``setattr`` run in C): while the event loop's thread is busy, the writer thread is
-    interrupted for it at each Python-level step, so a per-record loop here costs the
-    server a switch of threads every few records."""
-    if len(hashes) != len(batch):
-        raise AuditError(f"{len(batch)} records committed, {len(hashes)} hashes returned")
-    any(map(setattr, batch, repeat("seq"), range(first, first + len(batch))))
-    any(map(setattr, batch, repeat("hash"), hashes))
+    """Each committed record's seq and hash."""
+    for i, (rec, hash_hex) in enumerate(zip(batch, hashes, strict=True)):
+        rec.seq, rec.hash = first + i, hash_hex

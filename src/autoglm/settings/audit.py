@@ -14,7 +14,8 @@ class AuditFields(BaseModel):
     # --- audit (autoglm.audit) ------------------------------------------------------------
     audit_flush_ms: int = Field(
         10, ge=0, le=1000, description="Longest a queued audit record (an inference request's) "
-        "waits for its group commit, in milliseconds; 0: committed as soon as the writer can.")
+        "waits for its group commit while the gateway is quiet, in milliseconds (under load: "
+        "up to audit_flush_max_ms); 0: committed as soon as the writer can.")
     audit_flush_max_ms: int = Field(
         50, ge=0, le=5000, description="Under load the pause between group commits of "
         "queued audit records grows with the last batch (audit_flush_ms per 32 records) up "
